@@ -1,0 +1,483 @@
+"""The one nftables table cnetd owns: ``table inet cnet``.
+
+All nftables access in cnet goes through this module, as libnftables JSON batches
+(the ``nftables`` binding from python3-nftables; never an ``nft`` subprocess). Every
+change is one atomic batch. The ruleset follows kube-proxy's nftables mode: a
+network is two chains of its own plus one element in each shared set/map, so adding
+or removing a network never rewrites another network's rules::
+
+    table inet cnet {
+      set bridges { type ifname; }                     # every cnet bridge
+      set masq4 { type ipv4_addr; flags interval; }    # subnets to masquerade
+      set masq6 { type ipv6_addr; flags interval; }
+      map fwd_in  { type ifname : verdict; }           # iifname br -> jump net-<id>-out
+      map fwd_out { type ifname : verdict; }           # oifname br -> jump net-<id>-in
+      chain prerouting  { nat, dstnat }                # port publishing (later)
+      chain output      { nat, -100 }                  # port publishing (later)
+      chain forward     { filter, policy accept; iifname vmap @fwd_in; oifname vmap @fwd_out }
+      chain postrouting { nat, srcnat; ip saddr @masq4 oifname != @bridges masquerade; ... }
+      chain net-<id12>-out { ... }                     # see render_network
+      chain net-<id12>-in  { ... }
+    }
+
+Port publishing (a later issue) goes in prerouting/output as
+``ip daddr . meta l4proto . th dport vmap @...`` verdict maps; nothing here yet.
+
+Base chains always have policy accept: we do not own the host's firewall policy, we
+only drop what isolation requires. The rendering functions are pure (lists of
+libnftables JSON commands) so they can be tested without a kernel; `Firewall` is
+the small part that talks to the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILY = "inet"
+TABLE = "cnet"
+SET_BRIDGES = "bridges"
+SET_MASQ4 = "masq4"
+SET_MASQ6 = "masq6"
+MAP_FWD_IN = "fwd_in"
+MAP_FWD_OUT = "fwd_out"
+
+# Numeric chain priorities: libnftables 1.0.6's JSON parser takes integers only.
+PRIO_FILTER = 0
+PRIO_DSTNAT = -100
+PRIO_SRCNAT = 100
+
+Cmd = dict[str, Any]
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_T: dict[str, str] = {"family": FAMILY, "table": TABLE}
+_IFNAME_RE = re.compile(r"^[^\s/:\"']{1,15}$")
+_ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
+
+
+class FirewallError(Exception):
+    """libnftables refused a batch; the message is the first line of its error."""
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    """What the firewall needs to know about one network (validated on creation)."""
+
+    id: str
+    bridge: str
+    subnets4: tuple[str, ...]
+    subnets6: tuple[str, ...]
+    internal: bool  # nothing in or out beyond the bridge, no masquerade
+    icc: bool  # routed traffic between this network's endpoints allowed
+    masquerade: bool  # SNAT egress (ignored when internal)
+
+    def __post_init__(self) -> None:
+        if not _ID_RE.match(self.id):
+            raise ValueError(f"invalid network id {self.id!r}")
+        if not _IFNAME_RE.match(self.bridge):
+            raise ValueError(f"invalid bridge name {self.bridge!r}")
+        for subnets, version in ((self.subnets4, 4), (self.subnets6, 6)):
+            if isinstance(subnets, str):
+                raise ValueError(f"subnets{version} must be a tuple of strings")
+            for s in subnets:
+                if _net(s).version != version:
+                    raise ValueError(f"{s!r} is not an IPv{version} subnet")
+
+    @property
+    def chain_out(self) -> str:
+        """Chain for packets forwarded in from this network's bridge."""
+        return f"net-{self.id[:12]}-out"
+
+    @property
+    def chain_in(self) -> str:
+        """Chain for packets forwarded out through this network's bridge."""
+        return f"net-{self.id[:12]}-in"
+
+    @property
+    def masquerades(self) -> bool:
+        return self.masquerade and not self.internal
+
+    def masq_subnets(self) -> list[IPNet]:
+        if not self.masquerades:
+            return []
+        return [_net(s) for s in (*self.subnets4, *self.subnets6)]
+
+
+def _net(cidr: str) -> IPNet:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError as e:
+        raise ValueError(f"invalid subnet {cidr!r}: {e}") from None
+
+
+# --- JSON expression helpers -------------------------------------------------------
+
+
+def _meta(key: str) -> dict:
+    return {"meta": {"key": key}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _rule(chain: str, *expr: dict) -> Cmd:
+    return {"add": {"rule": {**_T, "chain": chain, "expr": list(expr)}}}
+
+
+def _verdict(v: str) -> dict:
+    return {v: None}
+
+
+def _prefix(net: IPNet) -> dict:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _chain(name: str, **hook: Any) -> dict:
+    return {"chain": {**_T, "name": name, **hook}}
+
+
+def _base_chain(name: str, type_: str, hook: str, prio: int) -> Cmd:
+    return {"add": _chain(name, type=type_, hook=hook, prio=prio, policy="accept")}
+
+
+def _elements(name: str, elems: list[Any]) -> dict:
+    return {"element": {**_T, "name": name, "elem": elems}}
+
+
+def _masq_set(net: IPNet) -> str:
+    return SET_MASQ4 if net.version == 4 else SET_MASQ6
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def render_base() -> list[Cmd]:
+    """Table, shared sets/maps, base chains and their (fixed) rules."""
+    masq = [
+        _rule(
+            "postrouting",
+            _match({"payload": {"protocol": proto, "field": "saddr"}}, f"@{name}"),
+            _match(_meta("oifname"), f"@{SET_BRIDGES}", "!="),
+            {"masquerade": None},
+        )
+        for proto, name in (("ip", SET_MASQ4), ("ip6", SET_MASQ6))
+    ]
+    return [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"set": {**_T, "name": SET_BRIDGES, "type": "ifname"}}},
+        {"add": {"set": {**_T, "name": SET_MASQ4, "type": "ipv4_addr", "flags": ["interval"]}}},
+        {"add": {"set": {**_T, "name": SET_MASQ6, "type": "ipv6_addr", "flags": ["interval"]}}},
+        {"add": {"map": {**_T, "name": MAP_FWD_IN, "type": "ifname", "map": "verdict"}}},
+        {"add": {"map": {**_T, "name": MAP_FWD_OUT, "type": "ifname", "map": "verdict"}}},
+        _base_chain("prerouting", "nat", "prerouting", PRIO_DSTNAT),
+        _base_chain("output", "nat", "output", PRIO_DSTNAT),
+        _base_chain("forward", "filter", "forward", PRIO_FILTER),
+        _base_chain("postrouting", "nat", "postrouting", PRIO_SRCNAT),
+        _rule("forward", {"vmap": {"key": _meta("iifname"), "data": f"@{MAP_FWD_IN}"}}),
+        _rule("forward", {"vmap": {"key": _meta("oifname"), "data": f"@{MAP_FWD_OUT}"}}),
+        *masq,
+    ]
+
+
+def render_chains(net: NetworkRules) -> list[Cmd]:
+    """The network's two chains; add+flush makes re-adding replace their rules."""
+    out, in_ = net.chain_out, net.chain_in
+    oif = _meta("oifname")
+    ct_ok = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
+    cmds: list[Cmd] = []
+    for name in (out, in_):
+        cmds += [{"add": _chain(name)}, {"flush": _chain(name)}]
+    # net-<id>-out: forwarded packets that came in from this network's bridge.
+    cmds += [
+        _rule(out, _match(oif, net.bridge), _verdict("accept" if net.icc else "drop")),
+        _rule(out, _match(oif, f"@{SET_BRIDGES}"), _verdict("drop")),
+        _rule(out, _verdict("drop" if net.internal else "accept")),
+    ]
+    # net-<id>-in: forwarded packets entering this network from elsewhere.
+    cmds.append(_rule(in_, ct_ok, _verdict("accept")))
+    if not net.internal:  # published ports (DNAT, a later issue)
+        cmds.append(_rule(in_, dnat, _verdict("accept")))
+    cmds.append(_rule(in_, _verdict("drop")))
+    return cmds
+
+
+def render_elements(
+    net: NetworkRules, masq: Iterable[IPNet] | None = None, op: str = "add"
+) -> list[Cmd]:
+    """The network's element in every shared set/map (`masq` overrides its subnets)."""
+    masq = net.masq_subnets() if masq is None else list(masq)
+    cmds: list[Cmd] = [
+        {op: _elements(SET_BRIDGES, [net.bridge])},
+        {op: _elements(MAP_FWD_IN, [[net.bridge, {"jump": {"target": net.chain_out}}]])},
+        {op: _elements(MAP_FWD_OUT, [[net.bridge, {"jump": {"target": net.chain_in}}]])},
+    ]
+    for name in (SET_MASQ4, SET_MASQ6):
+        elems = [_prefix(n) for n in masq if _masq_set(n) == name]
+        if elems:
+            cmds.append({op: _elements(name, elems)})
+    return cmds
+
+
+def render_network(net: NetworkRules) -> list[Cmd]:
+    """Everything add_network puts in the kernel, in dependency order."""
+    return render_chains(net) + render_elements(net)
+
+
+def uncovered(subnets: Iterable[IPNet]) -> set[IPNet]:
+    """Subnets minus duplicates and those inside another (overlaps fail interval sets).
+
+    Adjacent subnets are kept apart: the kernel stores them as separate elements, so
+    each network can later delete exactly its own.
+    """
+    keep: set[IPNet] = set()
+    ordered = sorted(set(subnets), key=lambda n: (n.version, n.network_address, n.prefixlen))
+    last: IPNet | None = None
+    for n in ordered:
+        if last is not None and last.version == n.version and n.subnet_of(last):  # type: ignore[arg-type]
+            continue
+        keep.add(n)
+        last = n
+    return keep
+
+
+def _unique(networks: Iterable[NetworkRules]) -> list[NetworkRules]:
+    """Drop exact duplicates; reject two networks claiming one id or one bridge."""
+    by_id: dict[str, NetworkRules] = {}
+    by_short: dict[str, str] = {}
+    by_bridge: dict[str, str] = {}
+    for net in networks:
+        if by_id.setdefault(net.id, net) != net:
+            raise ValueError(f"conflicting rules for network {net.id[:12]}")
+        if by_short.setdefault(net.id[:12], net.id) != net.id:
+            raise ValueError(f"network id prefix {net.id[:12]} is not unique")
+        if by_bridge.setdefault(net.bridge, net.id) != net.id:
+            raise ValueError(f"bridge {net.bridge} claimed by two networks")
+    return list(by_id.values())
+
+
+def render_reset(networks: Iterable[NetworkRules]) -> list[Cmd]:
+    """One batch replacing the whole table (whatever stale state it held)."""
+    nets = _unique(networks)
+    keep = uncovered(s for n in nets for s in n.masq_subnets())
+    cmds: list[Cmd] = [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
+        *render_base(),
+    ]
+    for net in nets:
+        cmds += render_chains(net)
+    for net in nets:
+        mine = [s for s in net.masq_subnets() if s in keep]
+        keep.difference_update(mine)
+        cmds += render_elements(net, mine)
+    return cmds
+
+
+@dataclass
+class Present:
+    """The parts of the table that a removal cares about, parsed from a listing."""
+
+    chains: set[str] = field(default_factory=set)
+    bridges: set[str] = field(default_factory=set)
+    masq: set[IPNet] = field(default_factory=set)
+    # map name -> {ifname: jump target or None}
+    maps: dict[str, dict[str, str | None]] = field(
+        default_factory=lambda: {MAP_FWD_IN: {}, MAP_FWD_OUT: {}}
+    )
+
+    @classmethod
+    def parse(cls, listing: dict) -> Present:
+        """Build from `list table inet cnet` JSON output."""
+        p = cls()
+        for obj in listing.get("nftables", []):
+            if "chain" in obj:
+                p.chains.add(obj["chain"]["name"])
+            elif "set" in obj:
+                s = obj["set"]
+                elems = [_elem_value(e) for e in s.get("elem", [])]
+                if s["name"] == SET_BRIDGES:
+                    p.bridges.update(e for e in elems if isinstance(e, str))
+                elif s["name"] in (SET_MASQ4, SET_MASQ6):
+                    p.masq.update(n for n in map(_elem_net, elems) if n is not None)
+            elif "map" in obj and obj["map"]["name"] in p.maps:
+                for key, verdict in obj["map"].get("elem", []):
+                    target = verdict.get("jump", {}).get("target") if verdict else None
+                    p.maps[obj["map"]["name"]][_elem_value(key)] = target
+        return p
+
+
+def _elem_value(e: Any) -> Any:
+    """Unwrap `{"elem": {"val": ...}}` (elements carrying timeouts/counters)."""
+    if isinstance(e, dict) and "elem" in e:
+        return e["elem"].get("val")
+    return e
+
+
+def _elem_net(e: Any) -> IPNet | None:
+    try:
+        if isinstance(e, str):
+            return ipaddress.ip_network(e)
+        if isinstance(e, dict) and "prefix" in e:
+            return ipaddress.ip_network(f"{e['prefix']['addr']}/{e['prefix']['len']}")
+    except ValueError:
+        pass
+    return None  # ranges and anything else are not ours
+
+
+def render_removal(net: NetworkRules, present: Present | None = None) -> list[Cmd]:
+    """Delete the network's elements, then its chains.
+
+    Without `present`, assumes everything add_network made is there (a delete of a
+    missing element fails the whole batch). With `present`, deletes only what the
+    listing shows: map elements jumping to this network's chains (whatever their key,
+    else the chain delete fails), the bridge unless another network's chain claims it,
+    and its own masquerade subnets.
+    """
+    mine = {net.chain_out, net.chain_in}
+    if present is None:
+        cmds = render_elements(net, op="delete")
+    else:
+        cmds = []
+        for name, elems in present.maps.items():
+            keys = sorted(k for k, target in elems.items() if target in mine)
+            if keys:
+                cmds.append({"delete": _elements(name, keys)})
+        claimed = any(present.maps[m].get(net.bridge) not in (None, *mine) for m in present.maps)
+        if net.bridge in present.bridges and not claimed:
+            cmds.append({"delete": _elements(SET_BRIDGES, [net.bridge])})
+        for name in (SET_MASQ4, SET_MASQ6):
+            elems = [
+                _prefix(n) for n in net.masq_subnets() if n in present.masq and _masq_set(n) == name
+            ]
+            if elems:
+                cmds.append({"delete": _elements(name, elems)})
+        mine &= present.chains
+    for name in sorted(mine):
+        cmds += [{"flush": _chain(name)}, {"delete": _chain(name)}]
+    return cmds
+
+
+# --- kernel --------------------------------------------------------------------------
+
+
+_LOCATION_RE = re.compile(r"^\S+:\d+:\d+-\d+:\s*")
+
+
+def _first_error_line(err: str, rc: int) -> str:
+    for line in err.splitlines():
+        if line.strip():
+            return _LOCATION_RE.sub("", line.strip())
+    return f"libnftables failed (rc={rc})"
+
+
+def _is_missing(msg: str) -> bool:
+    return "No such file or directory" in msg
+
+
+class Firewall:
+    """The kernel side: one libnftables context, opened lazily, reused, serialised.
+
+    The context acts in the network namespace of the thread that first uses it
+    (cnetd runs in its own namespace, so that is simply the current one).
+    """
+
+    def __init__(self) -> None:
+        self._nft: Any = None
+        self._lock = threading.Lock()
+        self._base_known = False  # the base table is known to exist
+
+    # -- public API --
+
+    def reset(self, networks: Iterable[NetworkRules]) -> None:
+        """Replace the table with exactly `networks`, atomically (daemon start)."""
+        cmds = render_reset(networks)
+        with self._lock:
+            self._run(cmds)
+            self._base_known = True
+
+    def add_network(self, net: NetworkRules) -> None:
+        """Add (or re-apply) one network; creates the base table if it is missing."""
+        with self._lock:
+            cmds = render_network(net)
+            if not self._base_known and self._list() is None:
+                cmds = render_base() + cmds
+            self._run(cmds)
+            self._base_known = True
+
+    def remove_network(self, net: NetworkRules) -> None:
+        """Remove one network; tolerates pieces (or the whole table) being absent."""
+        with self._lock:
+            try:
+                self._run(render_removal(net))
+                return
+            except FirewallError:
+                pass  # something is missing (the batch changed nothing): look first
+            listing = self._list()
+            if listing is None:
+                return
+            cmds = render_removal(net, Present.parse(listing))
+            if cmds:
+                self._run(cmds)
+
+    def delete_table(self) -> None:
+        """Delete the whole table; no error when it does not exist."""
+        table = {"table": {"family": FAMILY, "name": TABLE}}
+        with self._lock:
+            self._run([{"add": table}, {"delete": table}])
+            self._base_known = False
+
+    def available(self) -> bool:
+        """Whether nf_tables with nat works here: dry-runs the base table in the kernel."""
+        try:
+            import nftables
+
+            nft = nftables.Nftables()
+            nft.set_dry_run(True)
+            rc, _, _ = nft.json_cmd({"nftables": render_reset([])})
+            return rc == 0
+        except Exception:  # a missing binding or library means "no"
+            return False
+
+    def ruleset(self) -> dict | None:
+        """The table as libnftables JSON (None if absent), for debugging and `inspect`."""
+        with self._lock:
+            return self._list()
+
+    # -- kernel plumbing --
+
+    def _ctx(self) -> Any:
+        if self._nft is None:
+            try:
+                import nftables
+            except ImportError as e:
+                raise FirewallError(f"python nftables binding missing: {e}") from None
+            try:
+                nft = nftables.Nftables()
+            except OSError as e:
+                raise FirewallError(f"libnftables unavailable: {e}") from None
+            nft.set_json_output(True)
+            nft.set_handle_output(False)
+            self._nft = nft
+        return self._nft
+
+    def _run(self, cmds: list[Cmd]) -> Any:
+        rc, out, err = self._ctx().json_cmd({"nftables": cmds})
+        if rc != 0:
+            raise FirewallError(_first_error_line(err, rc))
+        return out
+
+    def _list(self) -> dict | None:
+        """`list table inet cnet` as JSON, or None when the table does not exist."""
+        try:
+            out = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
+        except FirewallError as e:
+            if _is_missing(str(e)):
+                return None
+            raise
+        return out if isinstance(out, dict) else {"nftables": []}
