@@ -1,0 +1,347 @@
+"""The CNM controller: networks, endpoints and sandboxes, their lifecycle and state.
+
+Every public method is one API operation: it validates first, then applies with
+an undo stack, and persists with one store transaction. The controller is used
+from a single thread (the daemon's kernel worker), so it needs no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from cnet.cnm import ids
+from cnet.cnm.driverapi import Driver, DriverContext
+from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
+from cnet.cnm.ipam import Ipam
+from cnet.cnm.model import Endpoint, Network, Sandbox
+from cnet.cnm.osl.kernel import Kernel
+from cnet.cnm.store import Store, Txn
+from cnet.cnm.undo import Undo
+from netaddr import IPAddress
+
+log = logging.getLogger(__name__)
+
+PREDEFINED = (("bridge", "bridge"), ("host", "host"), ("none", "null"))
+NO_CONNECT = ("host", "null")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def mac_for(ipv4_cidr: str | None) -> str:
+    """Docker's classic scheme: 02:42 followed by the IPv4 address bytes."""
+    if ipv4_cidr:
+        tail = IPAddress(ipv4_cidr.split("/")[0]).packed
+    else:
+        tail = secrets.token_bytes(4)
+    return "02:42:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def _ip_key(network_id: str, cidr: str) -> str:
+    return f"ipam/{network_id}/{cidr.split('/')[0]}"
+
+
+class Controller:
+    def __init__(self, store: Store, kernel: Kernel, firewall, ipam: Ipam, daemon_id: str,
+                 default_bridge: bool = True):
+        self.store = store
+        self.kernel = kernel
+        self.firewall = firewall
+        self.ipam = ipam
+        self.daemon_id = daemon_id
+        self.default_bridge = default_bridge
+        self.ctx = DriverContext(daemon_id=daemon_id, netlink=kernel, firewall=firewall)
+        self.drivers: dict[str, Driver] = {}
+        self.networks: dict[str, Network] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.sandboxes: dict[str, Sandbox] = {}
+        self._routes: dict[str, tuple] = {}  # sandbox id -> default routes last applied
+
+    def register_driver(self, cls: type[Driver]) -> None:
+        self.drivers[cls.name] = cls(self.ctx)
+
+    # -- lookups -------------------------------------------------------------
+    def network(self, ref: str) -> Network:
+        return ids.resolve("network", ref, self.networks.values(), lambda n: (n.id, n.name))
+
+    def sandbox(self, ref: str) -> Sandbox:
+        return ids.resolve("sandbox", ref, self.sandboxes.values(), lambda s: (s.id, s.name))
+
+    def endpoint(self, ref: str) -> Endpoint:
+        return ids.resolve("endpoint", ref, self.endpoints.values(), lambda e: (e.id, e.id))
+
+    def network_endpoints(self, network_id: str) -> list[Endpoint]:
+        return [e for e in self.endpoints.values() if e.network_id == network_id]
+
+    def driver(self, network: Network) -> Driver:
+        return self.drivers[network.driver]
+
+    # -- networks ------------------------------------------------------------------
+    def create_network(self, req: dict, predefined: bool = False) -> Network:
+        name = req.get("Name") or ""
+        ids.check_name("network", name)
+        if any(n.name == name for n in self.networks.values()):
+            raise Conflict(f"network with name {name} already exists")
+        driver_name = req.get("Driver") or "bridge"
+        driver = self.drivers.get(driver_name)
+        if driver is None:
+            raise InvalidParameter(f'unknown network driver "{driver_name}"')
+        if not driver.multi_instance and not predefined:
+            raise InvalidParameter(f'only one instance of "{driver_name}" network is allowed')
+        ipam_req = req.get("IPAM") or {}
+        if (ipam_req.get("Driver") or "default") != "default":
+            raise InvalidParameter(f'unknown IPAM driver "{ipam_req["Driver"]}"')
+        options = {str(k): str(v) for k, v in (req.get("Options") or {}).items()}
+        labels = {str(k): str(v) for k, v in (req.get("Labels") or {}).items()}
+        configs = list(ipam_req.get("Config") or [])
+        enable_ipv6 = bool(req.get("EnableIPv6"))
+        if driver_name in NO_CONNECT:
+            if configs or enable_ipv6 or options:
+                raise InvalidParameter(f'the "{driver_name}" driver takes no subnet or options')
+            pools = []
+        else:
+            pools = self.ipam.plan(configs, enable_ipv6)
+        net = Network(
+            id=ids.new_id(), name=name, driver=driver_name, scope=driver.scope, created=now(),
+            pools=pools, enable_ipv6=enable_ipv6, internal=bool(req.get("Internal")),
+            attachable=bool(req.get("Attachable")), options=options, labels=labels,
+            user_subnets=bool(configs), predefined=predefined,
+        )
+        driver.validate(net)
+        with Undo() as undo:
+            self.ipam.register(net.id, pools)
+            undo.push(self.ipam.unregister, net.id)
+            driver.create_network(net)
+            undo.push(driver.delete_network, net)
+            self.store.put(f"network/{net.id}", net.to_record())
+        self.networks[net.id] = net
+        log.info("created network %s (%s, %s)", net.name, short(net.id), driver_name)
+        return net
+
+    def delete_network(self, ref: str) -> Network:
+        net = self.network(ref)
+        if net.predefined:
+            raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
+        if self.network_endpoints(net.id):
+            raise Conflict(f"network {net.name} has active endpoints")
+        self.driver(net).delete_network(net)
+        self.ipam.unregister(net.id)
+        self.store.delete(f"network/{net.id}")
+        del self.networks[net.id]
+        log.info("deleted network %s", net.name)
+        return net
+
+    def prune_networks(self) -> list[str]:
+        removed = []
+        for net in list(self.networks.values()):
+            if not net.predefined and not self.network_endpoints(net.id):
+                removed.append(self.delete_network(net.id).name)
+        return removed
+
+    # -- endpoints --------------------------------------------------------------------
+    def _new_endpoint(self, net: Network, name: str, ipv4: str | None, ipv6: str | None,
+                      aliases: Iterable[str], undo: Undo) -> Endpoint:
+        if (ipv4 or ipv6) and not net.user_subnets:
+            raise InvalidParameter("user specified IP address is supported only when "
+                                   "connecting to networks with user configured subnets")
+        if ipv6 and not net.enable_ipv6:
+            raise InvalidParameter(f"network {net.name} does not have IPv6 enabled")
+        ep = Endpoint(id=ids.new_id(), name=name, network_id=net.id, aliases=list(aliases))
+        for version, want in ((4, ipv4), (6, ipv6)):
+            if self.ipam.has_family(net.id, version):
+                cidr = self.ipam.allocate(net.id, version, want)
+                undo.push(self.ipam.release, net.id, cidr)
+                setattr(ep, f"ipv{version}", cidr)
+            elif want:
+                raise InvalidParameter(f"network {net.name} has no IPv{version} subnet")
+        ep.mac = mac_for(ep.ipv4)
+        driver = self.driver(net)
+        driver.create_endpoint(net, ep)
+        undo.push(driver.delete_endpoint, net, ep)
+        return ep
+
+    def _endpoint_txn(self, ep: Endpoint, txn: Txn) -> None:
+        txn.puts[f"endpoint/{ep.id}"] = ep.to_record()
+        for cidr in (ep.ipv4, ep.ipv6):
+            if cidr:
+                key = _ip_key(ep.network_id, cidr)
+                txn.puts[key] = {"endpoint": ep.id}
+                txn.absent.append(key)
+
+    def create_endpoint(self, network_ref: str, name: str = "", ipv4: str | None = None,
+                        ipv6: str | None = None, aliases: Iterable[str] = ()) -> Endpoint:
+        net = self.network(network_ref)
+        if net.driver in NO_CONNECT:
+            raise InvalidParameter(f"endpoints cannot be created on the {net.name} network")
+        with Undo() as undo:
+            ep = self._new_endpoint(net, name, ipv4, ipv6, aliases, undo)
+            txn = Txn()
+            self._endpoint_txn(ep, txn)
+            self.store.commit(txn)
+        self.endpoints[ep.id] = ep
+        return ep
+
+    def delete_endpoint(self, ref: str) -> None:
+        ep = self.endpoint(ref)
+        if ep.sandbox_id:
+            raise Conflict(f"endpoint {short(ep.id)} is still joined to a sandbox")
+        self._forget_endpoint(ep, Txn())
+
+    def _forget_endpoint(self, ep: Endpoint, txn: Txn) -> None:
+        net = self.networks[ep.network_id]
+        self.driver(net).delete_endpoint(net, ep)
+        txn.deletes.append(f"endpoint/{ep.id}")
+        for cidr in (ep.ipv4, ep.ipv6):
+            if cidr:
+                self.ipam.release(net.id, cidr)
+                txn.deletes.append(_ip_key(net.id, cidr))
+        self.store.commit(txn)
+        del self.endpoints[ep.id]
+
+    # -- join / leave ----------------------------------------------------------------------
+    def _next_ifname(self, sb: Sandbox) -> str:
+        used = {self.endpoints[e].ifname for e in sb.endpoints}
+        n = 0
+        while f"eth{n}" in used:
+            n += 1
+        return f"eth{n}"
+
+    def _join(self, ep: Endpoint, sb: Sandbox, undo: Undo) -> None:
+        net = self.networks[ep.network_id]
+        if any(self.endpoints[e].network_id == net.id for e in sb.endpoints):
+            raise Conflict(f"endpoint with name {sb.name} already exists in network {net.name}")
+        driver = self.driver(net)
+        info = driver.join(net, ep, sb.key, self._next_ifname(sb))
+        undo.push(driver.leave, net, ep)
+        if info.ifname:
+            self.kernel.configure_interface(sb.key, info.ifname,
+                                            [a for a in (ep.ipv4, ep.ipv6) if a])
+        ep.sandbox_id, ep.ifname = sb.id, info.ifname
+        ep.gateway4, ep.gateway6 = info.gateway4, info.gateway6
+        sb.endpoints.append(ep.id)
+        undo.push(self._unjoin_record, ep, sb)
+        self._apply_routes(sb)
+        undo.push(self._apply_routes, sb)
+
+    def _unjoin_record(self, ep: Endpoint, sb: Sandbox) -> None:
+        if ep.id in sb.endpoints:
+            sb.endpoints.remove(ep.id)
+        ep.sandbox_id = ep.ifname = ep.gateway4 = ep.gateway6 = None
+
+    def _leave(self, ep: Endpoint, sb: Sandbox) -> None:
+        net = self.networks[ep.network_id]
+        self.driver(net).leave(net, ep)
+        self._unjoin_record(ep, sb)
+        self._apply_routes(sb)
+
+    def _apply_routes(self, sb: Sandbox, force: bool = False) -> None:
+        """Default routes follow the first joined endpoint that has a gateway (per family)."""
+        joined = [self.endpoints[e] for e in sb.endpoints]
+        gw4 = next((e for e in joined if e.gateway4), None)
+        gw6 = next((e for e in joined if e.gateway6), None)
+        want = (gw4.ifname if gw4 else None, gw4.gateway4 if gw4 else None,
+                gw6.ifname if gw6 else None, gw6.gateway6 if gw6 else None)
+        if not force and self._routes.get(sb.id, (None,) * 4) == want:
+            return
+        nl = self.kernel.sandbox(sb.key)
+        for ifname, gw, v6 in ((want[0], want[1], False), (want[2], want[3], True)):
+            if gw and ifname:
+                nl.add_default_route(gw, nl.index(ifname))
+            else:
+                nl.delete_default_route(v6)
+        self._routes[sb.id] = want
+
+    def join(self, endpoint_ref: str, sandbox_ref: str) -> Endpoint:
+        ep, sb = self.endpoint(endpoint_ref), self.sandbox(sandbox_ref)
+        if ep.sandbox_id:
+            raise Conflict(f"endpoint {short(ep.id)} is already joined to a sandbox")
+        with Undo() as undo:
+            self._join(ep, sb, undo)
+            self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
+                                        f"sandbox/{sb.id}": sb.to_record()}))
+        return ep
+
+    def leave(self, endpoint_ref: str) -> Endpoint:
+        ep = self.endpoint(endpoint_ref)
+        if not ep.sandbox_id:
+            raise Conflict(f"endpoint {short(ep.id)} is not joined to a sandbox")
+        sb = self.sandboxes[ep.sandbox_id]
+        self._leave(ep, sb)
+        self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
+                                    f"sandbox/{sb.id}": sb.to_record()}))
+        return ep
+
+    # -- connect / disconnect (endpoint + join in one operation) ---------------------------------
+    def connect(self, network_ref: str, target: str, ipv4: str | None = None,
+                ipv6: str | None = None, aliases: Iterable[str] = ()) -> Endpoint:
+        net, sb = self.network(network_ref), self.sandbox(target)
+        if net.driver in NO_CONNECT:
+            raise InvalidParameter("container cannot be disconnected from host network or "
+                                   "connected to host network")
+        if any(self.endpoints[e].network_id == net.id for e in sb.endpoints):
+            raise Conflict(f"endpoint with name {sb.name} already exists in network {net.name}")
+        with Undo() as undo:
+            ep = self._new_endpoint(net, sb.name, ipv4, ipv6, aliases, undo)
+            self.endpoints[ep.id] = ep
+            undo.push(self.endpoints.pop, ep.id)
+            self._join(ep, sb, undo)
+            txn = Txn(puts={f"sandbox/{sb.id}": sb.to_record()})
+            self._endpoint_txn(ep, txn)
+            self.store.commit(txn)
+        return ep
+
+    def disconnect(self, network_ref: str, target: str, force: bool = False) -> None:
+        net, sb = self.network(network_ref), self.sandbox(target)
+        ep = next((self.endpoints[e] for e in sb.endpoints
+                   if self.endpoints[e].network_id == net.id), None)
+        if ep is None:
+            raise NotFound(f"sandbox {sb.name} is not connected to network {net.name}")
+        self._leave(ep, sb)
+        self._forget_endpoint(ep, Txn(puts={f"sandbox/{sb.id}": sb.to_record()}))
+
+    # -- sandboxes ------------------------------------------------------------------------------
+    def create_sandbox(self, name: str, labels: dict[str, str] | None = None) -> Sandbox:
+        ids.check_name("sandbox", name)
+        if any(s.name == name for s in self.sandboxes.values()):
+            raise Conflict(f'sandbox name "{name}" is already in use')
+        sid = ids.new_id()
+        sb = Sandbox(id=sid, name=name, created=now(), key=self.kernel.netns_path(sid),
+                     labels=dict(labels or {}))
+        with Undo() as undo:
+            self.kernel.create_netns(sb.key)
+            undo.push(self.kernel.remove_netns, sb.key)
+            self.store.put(f"sandbox/{sb.id}", sb.to_record())
+        self.sandboxes[sb.id] = sb
+        return sb
+
+    def delete_sandbox(self, ref: str, force: bool = False) -> Sandbox:
+        sb = self.sandbox(ref)
+        if sb.endpoints and not force:
+            names = ", ".join(self.networks[self.endpoints[e].network_id].name
+                              for e in sb.endpoints)
+            raise Conflict(f"sandbox {sb.name} is connected to {names}: disconnect it or use -f")
+        errors: list[Exception] = []
+        for ep_id in list(sb.endpoints):
+            try:
+                self.disconnect(self.endpoints[ep_id].network_id, sb.id)
+            except Exception as exc:  # best effort teardown, reported at the end
+                errors.append(exc)
+        try:
+            self.kernel.remove_netns(sb.key)
+        except Exception as exc:
+            errors.append(exc)
+        if not sb.endpoints:
+            self.store.delete(f"sandbox/{sb.id}")
+            del self.sandboxes[sb.id]
+            self._routes.pop(sb.id, None)
+        if errors:
+            raise errors[0]
+        return sb
+
+
+def short(object_id: str) -> str:
+    return ids.short(object_id)

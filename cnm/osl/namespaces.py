@@ -1,0 +1,98 @@
+"""Network namespaces bind-mounted on files, the way `ip netns` keeps them.
+
+A sandbox is a network namespace pinned by a bind mount on a file under
+`<exec-root>/netns/`. The directory itself is made a shared mount point (as
+iproute2 does for /run/netns) so that unmounting a namespace file also removes
+the copies that other mount namespaces (containers, later) inherited; without
+that the namespace would outlive its sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from cnet.cnm.osl import nsenter
+
+
+def _is_mount_point(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def prepare_dir(directory: str) -> None:
+    """Create `directory` and make it a shared bind mount of itself (idempotent)."""
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    path = os.path.realpath(directory)
+    if not _is_mount_point(path):
+        nsenter.mount(path, path, None, nsenter.MS_BIND | nsenter.MS_REC)
+    nsenter.mount("none", path, None, nsenter.MS_SHARED | nsenter.MS_REC)
+
+
+def is_netns(path: str) -> bool:
+    """True when `path` is a mounted network namespace file."""
+    return os.path.exists(path) and _is_mount_point(os.path.realpath(path))
+
+
+def create(path: str) -> None:
+    """Create a new network namespace pinned at `path`.
+
+    unshare(CLONE_NEWNET) moves only the calling thread, so it runs on a
+    throwaway thread: the caller's own namespace never changes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            nsenter.unshare_net()
+            nsenter.mount("/proc/thread-self/ns/net", path, None, nsenter.MS_BIND)
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    t = threading.Thread(target=worker, name="netns-create")
+    t.start()
+    t.join()
+    if failure:
+        os.unlink(path)
+        raise failure[0]
+
+
+def pin_current(path: str) -> None:
+    """Pin the caller's own network namespace at `path` (used for the host sandbox)."""
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o444))
+    if not is_netns(path):
+        nsenter.mount("/proc/thread-self/ns/net", path, None, nsenter.MS_BIND)
+
+
+def remove(path: str) -> None:
+    """Unmount and delete a namespace file; missing pieces are not an error."""
+    if os.path.exists(path) and _is_mount_point(os.path.realpath(path)):
+        nsenter.umount(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def listdir(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+
+
+def same_as_current(path: str) -> bool:
+    """True when `path` is the namespace the calling thread is in."""
+    a = os.stat(path)
+    b = os.stat("/proc/thread-self/ns/net")
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def remove_dir_mount(directory: str) -> None:
+    """Undo prepare_dir: unmount the shared self-bind of the namespace directory."""
+    path = os.path.realpath(directory)
+    while os.path.isdir(path) and _is_mount_point(path):
+        nsenter.umount(path)

@@ -1,0 +1,210 @@
+"""The only place cnet speaks rtnetlink (through pyroute2).
+
+One `Netlink` handle per network namespace, opened once and reused. pyroute2's
+synchronous IPRoute belongs to the thread that made it, so every handle is made
+and used on the daemon's single kernel worker thread. A handle for another
+namespace is opened by creating its socket while that thread briefly sits in
+the namespace (setns affects only the calling thread; no helper process).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cnet.cnm.osl import nsenter
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+NETLINK_ROUTE = 0
+IFA_F_NODAD = 0x02
+
+
+class KernelError(Exception):
+    """A netlink request failed; the message names the operation and the object."""
+
+    def __init__(self, what: str, exc: BaseException):
+        code = getattr(exc, "code", None)
+        reason = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
+        super().__init__(f"{what}: {reason}")
+        self.errno = code
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    ifname: str
+    kind: str | None
+    alias: str | None
+    master: int | None
+    address: str | None
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+class Netlink:
+    """rtnetlink operations inside one network namespace."""
+
+    def __init__(self, netns_path: str | None = None):
+        self.netns_path = netns_path
+        if netns_path is None:
+            self._ipr = IPRoute()
+        else:
+            with nsenter.in_netns(netns_path):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+            self._ipr = IPRoute(use_socket=sock)
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    # -- links -------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NetlinkError as exc:
+            raise KernelError(what, exc) from None
+
+    def index(self, ifname: str) -> int | None:
+        found = self._call(f"look up {ifname}", self._ipr.link_lookup, ifname=ifname)
+        return found[0] if found else None
+
+    def links(self) -> list[LinkInfo]:
+        out = []
+        for msg in self._call("list links", self._ipr.get_links):
+            linkinfo = msg.get_attr("IFLA_LINKINFO")
+            out.append(
+                LinkInfo(
+                    index=msg["index"],
+                    ifname=msg.get_attr("IFLA_IFNAME"),
+                    kind=linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None,
+                    alias=msg.get_attr("IFLA_IFALIAS"),
+                    master=msg.get_attr("IFLA_MASTER"),
+                    address=msg.get_attr("IFLA_ADDRESS"),
+                )
+            )
+        return out
+
+    def add_link(self, ifname: str, kind: str, **kwargs) -> None:
+        self._call(f"create {kind} {ifname}", self._ipr.link, "add", ifname=ifname, kind=kind,
+                   **kwargs)
+
+    def create_bridge(self, ifname: str, alias: str, mtu: int | None = None) -> int:
+        kwargs = {"mtu": mtu} if mtu else {}
+        self._call(f"create bridge {ifname}", self._ipr.link, "add", ifname=ifname,
+                   kind="bridge", **kwargs)
+        idx = self.index(ifname)
+        assert idx is not None
+        self._call(f"set alias on {ifname}", self._ipr.link, "set", index=idx, ifalias=alias)
+        return idx
+
+    def create_veth_into(
+        self,
+        host_ifname: str,
+        peer_ifname: str,
+        peer_netns: str,
+        *,
+        alias: str,
+        master: int | None = None,
+        peer_mac: str | None = None,
+        mtu: int | None = None,
+    ) -> int:
+        """Create a veth pair whose peer is born inside `peer_netns` with its final name."""
+        fd = os.open(peer_netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            peer: dict = {"ifname": peer_ifname, "net_ns_fd": fd}
+            if peer_mac:
+                peer["address"] = peer_mac
+            if mtu:
+                peer["mtu"] = mtu
+            kwargs: dict = {"mtu": mtu} if mtu else {}
+            if master is not None:
+                kwargs["master"] = master
+            self._call(f"create veth {host_ifname}", self._ipr.link, "add",
+                       ifname=host_ifname, kind="veth", peer=peer, **kwargs)
+        finally:
+            os.close(fd)
+        idx = self.index(host_ifname)
+        assert idx is not None
+        self._call(f"configure {host_ifname}", self._ipr.link, "set", index=idx,
+                   ifalias=alias, state="up")
+        return idx
+
+    def set_port_isolated(self, index: int, isolated: bool = True) -> None:
+        self._call("set bridge port isolation", self._ipr.brport, "set", index=index,
+                   isolated=1 if isolated else 0)
+
+    def set_up(self, index: int) -> None:
+        self._call("bring link up", self._ipr.link, "set", index=index, state="up")
+
+    def set_mtu(self, index: int, mtu: int) -> None:
+        self._call("set mtu", self._ipr.link, "set", index=index, mtu=mtu)
+
+    def delete_link(self, ifname: str) -> bool:
+        """Delete a link by name; False when it was already gone."""
+        try:
+            self._ipr.link("del", ifname=ifname)
+            return True
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                return False
+            raise KernelError(f"delete {ifname}", exc) from None
+
+    # -- addresses and routes ----------------------------------------------
+    def add_address(self, index: int, cidr: str) -> None:
+        addr, prefix = cidr.split("/")
+        kwargs: dict = {}
+        if ":" in addr:
+            kwargs["flags"] = IFA_F_NODAD  # no 1-2 s of tentative state
+        try:
+            self._ipr.addr("add", index=index, address=addr, prefixlen=int(prefix), **kwargs)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise KernelError(f"add address {cidr}", exc) from None
+
+    def addresses(self, index: int) -> list[str]:
+        out = []
+        for msg in self._call("list addresses", self._ipr.get_addr, index=index):
+            out.append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+        return out
+
+    def add_default_route(self, gateway: str, index: int | None = None) -> None:
+        family = _family(gateway)
+        dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
+        kwargs: dict = {"dst": dst, "gateway": gateway, "family": family}
+        if index is not None:
+            kwargs["oif"] = index
+        self._call(f"route default via {gateway}", self._ipr.route, "replace", **kwargs)
+
+    def delete_default_route(self, family_v6: bool) -> None:
+        family = socket.AF_INET6 if family_v6 else socket.AF_INET
+        dst = "::/0" if family_v6 else "0.0.0.0/0"
+        try:
+            self._ipr.route("del", dst=dst, family=family)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ESRCH, errno.ENOENT):
+                raise KernelError("delete default route", exc) from None
+
+    def route_prefixes(self) -> list[str]:
+        """Destination prefixes of the main routing table (IPv4 and IPv6), default excluded."""
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._call("list routes", self._ipr.get_routes, family=family,
+                                  table=254):
+                dst = msg.get_attr("RTA_DST")
+                if dst:
+                    out.append(f"{dst}/{msg['dst_len']}")
+        return out
+
+    def set_lo_up(self) -> None:
+        idx = self.index("lo")
+        if idx is not None:
+            self.set_up(idx)
+
+
+def links_with_alias_prefix(nl: Netlink, prefix: str) -> Iterable[LinkInfo]:
+    return (link for link in nl.links() if link.alias and link.alias.startswith(prefix))

@@ -1,0 +1,116 @@
+"""Daemon start: load the store, then make the kernel match it.
+
+The kernel is a cache of the store. Missing objects are recreated, objects that
+carry this daemon's mark (interface alias `cnet:<daemon-id>:...`, a namespace
+file under the exec root, the `inet cnet` table) but are unknown are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cnet.cnm.controller import Controller
+from cnet.cnm.model import Endpoint, Network, Sandbox
+from cnet.cnm.osl import namespaces
+from cnet.cnm.store import Txn
+
+log = logging.getLogger(__name__)
+
+
+def load(ctl: Controller) -> None:
+    """Fill the controller's tables and the IPAM allocators from the store."""
+    for rec in ctl.store.list("network/").values():
+        net = Network.from_record(rec)
+        ctl.networks[net.id] = net
+        ctl.ipam.register(net.id, net.pools)
+    for rec in ctl.store.list("sandbox/").values():
+        sb = Sandbox.from_record(rec)
+        ctl.sandboxes[sb.id] = sb
+    stale = Txn()
+    for key, rec in ctl.store.list("endpoint/").items():
+        ep = Endpoint.from_record(rec)
+        if ep.network_id not in ctl.networks:
+            stale.deletes.append(key)
+            continue
+        ctl.endpoints[ep.id] = ep
+        for cidr in (ep.ipv4, ep.ipv6):
+            if cidr:
+                ctl.ipam.allocate(ep.network_id, 6 if ":" in cidr else 4, cidr.split("/")[0])
+    for key, rec in ctl.store.list("ipam/").items():
+        if rec.get("endpoint") not in ctl.endpoints:
+            stale.deletes.append(key)
+    for sb in ctl.sandboxes.values():
+        sb.endpoints = [e for e in sb.endpoints if e in ctl.endpoints]
+    if stale.deletes:
+        log.warning("dropping %d stale store records", len(stale.deletes))
+        ctl.store.commit(stale)
+
+
+def reconcile(ctl: Controller) -> None:
+    """Make the kernel match the loaded state; best effort, errors are logged."""
+    kernel = ctl.kernel
+    kernel.prepare()
+    known_keys = {sb.key for sb in ctl.sandboxes.values()}
+    for path in kernel.list_netns():
+        if path not in known_keys:
+            log.info("removing unknown namespace %s", path)
+            kernel.remove_netns(path)
+    for sb in ctl.sandboxes.values():
+        if not namespaces.is_netns(sb.key):
+            log.info("recreating namespace of sandbox %s", sb.name)
+            namespaces.remove(sb.key)
+            kernel.create_netns(sb.key)
+    ctl.firewall.reset(
+        r for r in (ctl.driver(n).firewall_rules(n) for n in ctl.networks.values()) if r
+    )
+    owned: set[str] = set()
+    for net in ctl.networks.values():
+        eps = ctl.network_endpoints(net.id)
+        joined = [(e, ctl.sandboxes[e.sandbox_id].key) for e in eps if e.sandbox_id]
+        try:
+            for ep_id in ctl.driver(net).restore(net, joined):
+                ep = ctl.endpoints[ep_id]
+                sb = ctl.sandboxes[ep.sandbox_id or ""]
+                if ep.ifname:
+                    kernel.configure_interface(sb.key, ep.ifname,
+                                               [a for a in (ep.ipv4, ep.ipv6) if a])
+        except Exception:
+            log.exception("could not restore network %s", net.name)
+        owned |= ctl.driver(net).owned_links(net, eps)
+    for sb in ctl.sandboxes.values():
+        try:
+            ctl._apply_routes(sb, force=True)
+        except Exception:
+            log.exception("could not restore routes of sandbox %s", sb.name)
+    prefix = f"cnet:{ctl.daemon_id}:"
+    for link in kernel.host.links():
+        if link.alias and link.alias.startswith(prefix) and link.ifname not in owned:
+            log.info("removing unknown interface %s", link.ifname)
+            kernel.host.delete_link(link.ifname)
+
+
+def cleanup(ctl: Controller) -> list[str]:
+    """Remove every kernel object this daemon owns (cnetd --cleanup). Returns errors."""
+    errors: list[str] = []
+    kernel = ctl.kernel
+    for path in kernel.list_netns():
+        try:
+            kernel.remove_netns(path)
+        except Exception as exc:
+            errors.append(f"{path}: {exc}")
+    prefix = f"cnet:{ctl.daemon_id}:"
+    for link in kernel.host.links():
+        if link.alias and link.alias.startswith(prefix):
+            try:
+                kernel.host.delete_link(link.ifname)
+            except Exception as exc:
+                errors.append(f"{link.ifname}: {exc}")
+    try:
+        ctl.firewall.delete_table()
+    except Exception as exc:
+        errors.append(f"nftables: {exc}")
+    try:
+        namespaces.remove_dir_mount(kernel.netns_dir)
+    except Exception as exc:
+        errors.append(f"{kernel.netns_dir}: {exc}")
+    return errors

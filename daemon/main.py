@@ -1,0 +1,145 @@
+"""cnetd: the cnet daemon (entry point, flags, wiring, lifecycle)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+
+from cnet.cnm.controller import PREDEFINED, Controller
+from cnet.cnm.errors import CnetError
+from cnet.cnm.ipam import DEFAULT_POOLS, Ipam, parse_pool_option
+from cnet.cnm.osl import features
+from cnet.cnm.osl.kernel import Kernel
+from cnet.cnm.reconcile import cleanup, load, reconcile
+from cnet.cnm.store import SQLiteStore, Store
+from cnet.daemon.server import UnixHTTPServer
+from cnet.daemon.worker import KernelWorker
+from cnet.drivers.bridge.driver import DEFAULT_BRIDGE, BridgeDriver
+from cnet.drivers.bridge.options import NAME as BRIDGE_NAME_OPTION
+from cnet.drivers.host.driver import HostDriver
+from cnet.drivers.null.driver import NullDriver
+from cnet.ingress.firewall import Firewall
+
+from cnet import __version__
+
+log = logging.getLogger("cnetd")
+DRIVERS = (BridgeDriver, HostDriver, NullDriver)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="cnetd", description="the cnet network daemon")
+    p.add_argument("-H", "--host", default="unix:///run/cnet/cnet.sock",
+                   help="API socket, unix:///path (default %(default)s)")
+    p.add_argument("--data-root", default="/var/lib/cnet", help="persistent state")
+    p.add_argument("--exec-root", default="/run/cnet", help="runtime state (namespaces)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--default-address-pool", action="append", default=[],
+                   metavar="base=CIDR,size=N",
+                   help="replace the default address pools (repeatable)")
+    p.add_argument("--bridge", default="", metavar="none",
+                   help='"none" to skip the predefined "bridge" network')
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove every kernel object this daemon owns, then exit")
+    p.add_argument("--version", action="version", version=f"cnetd {__version__}")
+    args = p.parse_args(argv)
+    if not args.host.startswith("unix://"):
+        p.error("-H must be unix:///path")
+    return args
+
+
+def daemon_identity(store: Store) -> dict:
+    """The daemon's id and IPv6 ULA prefix, made once and kept in the store."""
+    ident = store.get("daemon/identity")
+    if ident is None:
+        g = secrets.token_bytes(5)  # RFC 4193 global id
+        ula = f"fd{g[0]:02x}:{g[1]:02x}{g[2]:02x}:{g[3]:02x}{g[4]:02x}::/48"
+        ident = {"id": secrets.token_hex(6), "ula": ula}
+        store.put("daemon/identity", ident)
+    return ident
+
+
+def build(args: argparse.Namespace) -> Controller:
+    """Everything but the server: store, kernel, firewall, IPAM, drivers, controller."""
+    store = SQLiteStore(os.path.join(args.data_root, "cnet.db"))
+    ident = daemon_identity(store)
+    kernel = Kernel(os.path.join(args.exec_root, "netns"))
+    pools = [parse_pool_option(p) for p in args.default_address_pool] or DEFAULT_POOLS
+    ipam = Ipam(pools, ident["ula"], host_prefixes=lambda: kernel.host.route_prefixes())
+    ctl = Controller(store, kernel, Firewall(), ipam, ident["id"],
+                     default_bridge=args.bridge != "none")
+    for cls in DRIVERS:
+        ctl.register_driver(cls)
+    return ctl
+
+
+def ensure_predefined(ctl: Controller) -> None:
+    """Docker's three networks: bridge (cnet0), host, none."""
+    names = {n.name for n in ctl.networks.values()}
+    for name, driver in PREDEFINED:
+        if name in names or (name == "bridge" and not ctl.default_bridge):
+            continue
+        req: dict = {"Name": name, "Driver": driver}
+        if driver == "bridge":
+            req["Options"] = {BRIDGE_NAME_OPTION: DEFAULT_BRIDGE}
+        ctl.create_network(req, predefined=True)
+
+
+def start(ctl: Controller, args: argparse.Namespace) -> None:
+    load(ctl)
+    reconcile(ctl)
+    ensure_predefined(ctl)
+    feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
+    ctl.info_extra = {  # type: ignore[attr-defined]
+        "DataRoot": args.data_root,
+        "ExecRoot": args.exec_root,
+        "Store": {"Type": "sqlite", "Path": ctl.store.path},  # type: ignore[attr-defined]
+        "KernelFeatures": [
+            {"Name": f.name, "Present": f.present, "Disables": f.disables} for f in feats
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per message
+    worker = KernelWorker()
+    try:
+        ctl = worker.run(build, args)
+        if args.cleanup:
+            errors = worker.run(cleanup, ctl)
+            for e in errors:
+                print(f"cnetd: cleanup: {e}", file=sys.stderr)
+            return 1 if errors else 0
+        worker.run(start, ctl, args)
+    except CnetError as exc:
+        print(f"cnetd: {exc}", file=sys.stderr)
+        return 1
+    server = UnixHTTPServer(args.host[len("unix://"):], ctl, worker)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("signal %d: shutting down (sandboxes keep their networking)", signum)
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("cnetd %s listening on %s (daemon id %s)", __version__, args.host, ctl.daemon_id)
+    server.serve_forever(poll_interval=0.5)
+    server.server_close()
+    os.unlink(server.server_address) if os.path.exists(server.server_address) else None
+    worker.run(ctl.store.close)
+    worker.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

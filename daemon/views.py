@@ -1,0 +1,76 @@
+"""JSON views of the model with Docker's field names."""
+
+from __future__ import annotations
+
+from cnet.cnm.controller import Controller
+from cnet.cnm.model import Endpoint, Network, Sandbox
+
+
+def network_view(ctl: Controller, net: Network) -> dict:
+    containers = {}
+    for ep in ctl.network_endpoints(net.id):
+        sb = ctl.sandboxes.get(ep.sandbox_id or "")
+        key = sb.id if sb else f"ep-{ep.id}"
+        containers[key] = {
+            "Name": sb.name if sb else ep.name,
+            "EndpointID": ep.id,
+            "MacAddress": ep.mac or "",
+            "IPv4Address": ep.ipv4 or "",
+            "IPv6Address": ep.ipv6 or "",
+        }
+    return {
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Scope": net.scope,
+        "Driver": net.driver,
+        "EnableIPv6": net.enable_ipv6,
+        "IPAM": {"Driver": "default", "Options": {},
+                 "Config": [p.to_docker() for p in net.pools]},
+        "Internal": net.internal,
+        "Attachable": net.attachable,
+        "Ingress": False,
+        "Containers": containers,
+        "Options": dict(net.options),
+        "Labels": dict(net.labels),
+    }
+
+
+def endpoint_settings(ctl: Controller, ep: Endpoint) -> dict:
+    v4 = (ep.ipv4 or "/").split("/")
+    v6 = (ep.ipv6 or "/").split("/")
+    return {
+        "NetworkID": ep.network_id,
+        "EndpointID": ep.id,
+        "Gateway": ep.gateway4 or "",
+        "IPAddress": v4[0],
+        "IPPrefixLen": int(v4[1]) if v4[1] else 0,
+        "IPv6Gateway": ep.gateway6 or "",
+        "GlobalIPv6Address": v6[0],
+        "GlobalIPv6PrefixLen": int(v6[1]) if v6[1] else 0,
+        "IPv6Address": v6[0],
+        "MacAddress": ep.mac or "",
+        "Aliases": list(ep.aliases),
+        "InterfaceName": ep.ifname or "",
+    }
+
+
+def endpoint_view(ctl: Controller, ep: Endpoint) -> dict:
+    out = endpoint_settings(ctl, ep)
+    out.update({"Id": ep.id, "Name": ep.name, "SandboxID": ep.sandbox_id or ""})
+    return out
+
+
+def sandbox_view(ctl: Controller, sb: Sandbox) -> dict:
+    networks = {}
+    for ep_id in sb.endpoints:
+        ep = ctl.endpoints[ep_id]
+        networks[ctl.networks[ep.network_id].name] = endpoint_settings(ctl, ep)
+    return {
+        "Id": sb.id,
+        "Name": sb.name,
+        "Created": sb.created,
+        "Key": sb.key,
+        "Labels": dict(sb.labels),
+        "Networks": networks,
+    }
