@@ -1,0 +1,35 @@
+# cnet developer entry points. Everything runs from the repo's .venv, built by
+# scripts/setup.sh with Debian's /usr/bin/python3 (for python3-nftables).
+
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+RUFF   := $(VENV)/bin/ruff
+
+.PHONY: all setup test lint demo bench clean
+
+all: test
+
+setup:
+	scripts/setup.sh
+
+test: setup
+	$(PYTEST) -q tests
+
+lint: setup
+	$(RUFF) check .
+
+demo: setup
+	scripts/demo.sh
+
+bench: setup
+	@set -e; found=0; \
+	for f in bench/*.py; do \
+		[ -f "$$f" ] || continue; \
+		case "$$(basename "$$f")" in _*|conftest.py) continue;; esac; \
+		found=1; echo "== $$f"; $(PYTHON) "$$f"; \
+	done; \
+	[ $$found -eq 1 ] || echo "bench: no bench/*.py scripts yet"
+
+clean:
+	rm -rf $(VENV)

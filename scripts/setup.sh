@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Idempotent machine + venv setup for cnet on Debian 12 (run as root).
+# Fast when everything is already present: apt and pip run only when needed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    nftables python3-nftables libnftables1 iproute2 python3-venv python3-pip
+    runc busybox-static tcpdump dnsmasq iputils-ping netcat-openbsd procps
+    util-linux psmisc
+)
+VENV=.venv
+STAMP="$VENV/.installed"
+# Debian's interpreter, never a pyenv shim: python3-nftables lives in its dist-packages.
+SYS_PYTHON=/usr/bin/python3
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- apt -------------------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ "$status" == "installed" ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "missing apt packages (${missing[*]}) and not root: cannot install"
+        exit 1
+    fi
+    log "installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- venv ------------------------------------------------------------------
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating $VENV with $SYS_PYTHON (--system-site-packages)"
+    "$SYS_PYTHON" -m venv --system-site-packages "$VENV"
+    rm -f "$STAMP"
+fi
+
+if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
+    log "pip install -e '.[test]'"
+    "$VENV/bin/pip" install --disable-pip-version-check -q -e '.[test]'
+    touch "$STAMP"
+fi
+
+# --- check -----------------------------------------------------------------
+if ! "$VENV/bin/python" -c 'import nftables, pyroute2' 2>/dev/null; then
+    log "ERROR: $VENV/bin/python cannot import nftables and pyroute2"
+    "$VENV/bin/python" -c 'import nftables, pyroute2'
+    exit 1
+fi
+log "ok ($("$VENV/bin/python" --version), nftables + pyroute2 importable)"
