@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# cnet walkthrough on a throwaway setup: a "host" network namespace with its own cnetd,
+# two sandboxes on a bridge network, a ping between them. The root namespace's
+# interfaces and firewall are never touched; an EXIT trap removes everything.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+BIN="$REPO/.venv/bin"
+CNET="$BIN/cnet"
+CNETD="$BIN/cnetd"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "demo: must run as root (network namespaces)" >&2
+    exit 1
+fi
+[[ -x "$CNET" && -x "$CNETD" ]] || { echo "demo: run 'make setup' first" >&2; exit 1; }
+
+NS="cnet-demo-$$"
+NSPATH="/run/netns/$NS"
+TMP=$(mktemp -d /tmp/cnet-demo.XXXXXX)
+SOCK="$TMP/cnet.sock"
+export CNET_HOST="unix://$SOCK"
+DPID=""
+STARTED=0
+
+bold() { if [[ -t 1 ]]; then printf '\033[1m%s\033[0m\n' "$*"; else printf '%s\n' "$*"; fi; }
+say() { echo; bold "## $*"; }
+# Print a command like a walkthrough, then run it.
+run() { bold "\$ $*"; "$@"; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    say "cleanup"
+    if [[ -n "$DPID" ]] && kill -0 "$DPID" 2>/dev/null; then
+        if ((STARTED)); then
+            run "$CNET" network disconnect localnet s1 2>/dev/null
+            run "$CNET" network disconnect localnet s2 2>/dev/null
+            run "$CNET" sandbox rm s1 2>/dev/null
+            run "$CNET" sandbox rm s2 2>/dev/null
+            run "$CNET" network rm localnet 2>/dev/null
+        fi
+        bold "\$ kill -TERM $DPID   # stop cnetd"
+        kill -TERM "$DPID" 2>/dev/null
+        for _ in $(seq 100); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$DPID" 2>/dev/null; then
+            echo "cnetd ignored SIGTERM for 10 s: SIGKILL" >&2
+            kill -KILL "$DPID" 2>/dev/null
+        fi
+        wait "$DPID" 2>/dev/null
+    fi
+    if [[ -e "$NSPATH" ]]; then
+        run nsenter --net="$NSPATH" "$CNETD" --cleanup \
+            --data-root "$TMP/data" --exec-root "$TMP/exec"
+        for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+        run ip netns del "$NS"
+    fi
+    # Last resort: anything still mounted under $TMP means cleanup missed something.
+    local leftovers
+    leftovers=$(awk -v t="$TMP" 'index($2, t) == 1 {print $2}' /proc/self/mounts | sort -r)
+    if [[ -n "$leftovers" ]]; then
+        echo "demo: WARNING: mounts left under $TMP, unmounting:" >&2
+        echo "$leftovers" >&2
+        while read -r m; do umount -l "$m"; done <<<"$leftovers"
+        ((rc == 0)) && rc=1
+    fi
+    if ((rc != 0)) && [[ -f "$TMP/cnetd.log" ]]; then
+        echo "--- cnetd log ($TMP/cnetd.log) ---" >&2
+        cat "$TMP/cnetd.log" >&2
+    fi
+    rm -rf "$TMP"
+    if ((rc == 0)); then bold "demo finished: all cleaned up"; else echo "demo failed (rc=$rc)" >&2; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "a throwaway \"host\": network namespace $NS, state in $TMP"
+run ip netns add "$NS"
+run ip -n "$NS" link set lo up
+
+say "start cnetd inside it (nsenter keeps our mount namespace, so sandbox mounts stay visible)"
+bold "\$ nsenter --net=$NSPATH $CNETD -H $CNET_HOST --data-root $TMP/data --exec-root $TMP/exec --log-level info &"
+nsenter --net="$NSPATH" "$CNETD" -H "$CNET_HOST" --data-root "$TMP/data" \
+    --exec-root "$TMP/exec" --log-level info >"$TMP/cnetd.log" 2>&1 &
+DPID=$!
+for i in $(seq 100); do
+    if "$CNET" -H "$CNET_HOST" info >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$DPID" 2>/dev/null; then echo "demo: cnetd exited during startup" >&2; exit 1; fi
+    if ((i == 100)); then echo "demo: cnetd not answering after 10 s" >&2; exit 1; fi
+    sleep 0.1
+done
+echo "cnetd is up (pid $DPID, log $TMP/cnetd.log); CNET_HOST=$CNET_HOST"
+STARTED=1
+
+say "a network and two sandboxes"
+run "$CNET" network create localnet
+run "$CNET" sandbox create s1
+run "$CNET" sandbox create s2
+run "$CNET" network connect localnet s1
+run "$CNET" network connect localnet s2
+
+say "what s1 sees"
+run "$CNET" sandbox exec s1 -- ip -br addr
+
+say "s1 pings s2"
+S2_IP=$("$CNET" sandbox inspect s2 | "$BIN/python" -c \
+    'import json,sys; print(json.load(sys.stdin)[0]["Networks"]["localnet"]["IPAddress"].split("/")[0])')
+echo "s2 has $S2_IP"
+run "$CNET" sandbox exec s1 -- ping -c 3 "$S2_IP"
+
+say "the network"
+run "$CNET" network inspect localnet
