@@ -1,0 +1,71 @@
+"""Root test configuration: makes `harness` importable and checks every test for leaks.
+
+The leak check is the outermost function-scoped fixture (autouse, declared in the root
+conftest, so pytest sets it up first and tears it down last among function fixtures):
+it snapshots kernel/process state before the test and, after every other fixture's
+teardown, fails the test listing anything new that is ours — /run/netns/cnet-* entries,
+mounts whose path contains "cnet", cnetd processes, an nft table `cnet` or links with a
+`cnet:` alias in the root namespace — then removes it so later tests are not poisoned.
+
+Opt out (e.g. for state deliberately shared across a module) with
+`@pytest.mark.no_leak_check`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:  # `import harness` from any test, whatever the import mode
+    sys.path.insert(0, _TESTS)
+
+import harness  # noqa: E402
+
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "no_leak_check: skip the per-test leak check (namespaces, mounts, ...)"
+    )
+    config.addinivalue_line("markers", "integration: needs root and real kernel namespaces")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [
+        f"cnet harness: session {harness.SESSION_ID}, cnet={harness.CNET}, "
+        f"cnetd={harness.CNETD}"
+    ]
+
+
+@pytest.fixture(autouse=True)
+def leak_check(request: pytest.FixtureRequest):
+    """Fail the test if it leaves namespaces, mounts, cnetd processes, nft or links behind."""
+    if request.node.get_closest_marker("no_leak_check"):
+        yield
+        return
+    before = harness.snapshot()
+    yield
+    leaks = harness.find_leaks(before)
+    if leaks:
+        desc = leaks.describe()
+        errors = harness.clean_leaks(leaks)
+        msg = f"test leaked (now cleaned up):\n{desc}"
+        if errors:
+            msg += "\ncleanup errors:\n  " + "\n  ".join(errors)
+        pytest.fail(msg, pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """On the first failing phase, attach the logs of the test's cnetd daemons to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and not item.stash.get(harness.FAILED_KEY, False):
+        for d in item.stash.get(harness.DAEMONS_KEY, []):
+            rep.sections.append((f"cnetd log: {d.name} ({d.root})", d.logs() or "(empty)"))
+    if rep.failed:
+        item.stash[harness.FAILED_KEY] = True
