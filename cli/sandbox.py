@@ -1,0 +1,125 @@
+"""`cnet sandbox ...`: network namespaces that endpoints join, and running commands in them."""
+
+from __future__ import annotations
+
+import click
+from cnet.cli.common import (
+    client,
+    exit_on_errors,
+    fail,
+    format_option,
+    human_since,
+    no_trunc_option,
+    print_json,
+    print_table,
+    quiet_option,
+    run_each,
+    short_id,
+)
+
+
+@click.group()
+def sandbox() -> None:
+    """Manage sandboxes (network namespaces)."""
+
+
+def _path(name: str) -> str:
+    from cnet.cli.client import url_path
+
+    return url_path("sandboxes", name)
+
+
+@sandbox.command()
+@click.argument("name")
+def create(name: str) -> None:
+    """Create a sandbox and print its id."""
+    click.echo(client().post("/sandboxes/create", {"Name": name})["Id"])
+
+
+@sandbox.command("ls")
+@quiet_option
+@no_trunc_option
+@format_option
+def ls(quiet: bool, no_trunc: bool, fmt: str) -> None:
+    """List sandboxes."""
+    sandboxes = client().get("/sandboxes") or []
+    if quiet:
+        for sb in sandboxes:
+            click.echo(short_id(sb["Id"], no_trunc))
+    elif fmt == "json":
+        print_json(sandboxes)
+    else:
+        print_table(
+            ("SANDBOX ID", "NAME", "NETWORKS", "CREATED"),
+            (
+                (
+                    short_id(sb["Id"], no_trunc),
+                    sb.get("Name", ""),
+                    ",".join(sorted(sb.get("Networks") or {})),
+                    human_since(sb.get("Created", "")),
+                )
+                for sb in sandboxes
+            ),
+        )
+
+
+@sandbox.command()
+@click.argument("names", nargs=-1, required=True, metavar="SANDBOX...")
+def inspect(names: tuple[str, ...]) -> None:
+    """Display detailed information on one or more sandboxes."""
+    api = client()
+    found, errors = run_each(names, lambda n: api.get(_path(n)), not_found="No such sandbox")
+    print_json(found)
+    exit_on_errors(errors)
+
+
+@sandbox.command()
+@click.option("-f", "--force", is_flag=True, help="Remove even if still connected to networks.")
+@click.argument("names", nargs=-1, required=True, metavar="SANDBOX...")
+def rm(force: bool, names: tuple[str, ...]) -> None:
+    """Remove one or more sandboxes."""
+    api = client()
+    query = {"force": "1"} if force else None
+
+    def remove(name: str) -> None:
+        api.delete(_path(name), query=query)
+        click.echo(name)
+
+    _, errors = run_each(names, remove)
+    exit_on_errors(errors)
+
+
+@sandbox.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("name", metavar="SANDBOX")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(name: str, command: tuple[str, ...]) -> None:
+    """Run a command inside a sandbox's network namespace: exec SANDBOX -- CMD [ARG...].
+
+    The command replaces this process, so its exit status is cnet's.
+    """
+    import os
+    import sys
+
+    if command[0] == "--":  # kept literally: option parsing stops after SANDBOX
+        command = command[1:]
+    if not command:
+        raise click.UsageError("missing command to run")
+    key = client().get(_path(name)).get("Key")
+    if not key:
+        fail(f"sandbox {name} has no network namespace")
+    from cnet.cnm.osl.nsenter import enter_netns
+
+    try:
+        enter_netns(key)
+    except OSError as exc:
+        fail(f"cannot enter network namespace {key} of sandbox {name}: {exc.strerror}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        fail(f'exec: "{command[0]}": executable file not found in $PATH', 127)
+    except OSError as exc:
+        fail(f'exec: "{command[0]}": {exc.strerror.lower() if exc.strerror else exc}', 126)
