@@ -6,6 +6,9 @@ it snapshots kernel/process state before the test and, after every other fixture
 teardown, fails the test listing anything new that is ours — /run/netns/cnet-* entries,
 mounts whose path contains "cnet", cnetd processes, an nft table `cnet` or links with a
 `cnet:` alias in the root namespace — then removes it so later tests are not poisoned.
+How state is attributed when several test sessions share a machine: see harness.py
+("leak check"); name your namespaces with harness.unique_name() / harness.Netns so
+they are provably yours.
 
 Opt out (e.g. for state deliberately shared across a module) with
 `@pytest.mark.no_leak_check`.
@@ -32,6 +35,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "no_leak_check: skip the per-test leak check (namespaces, mounts, ...)"
     )
     config.addinivalue_line("markers", "integration: needs root and real kernel namespaces")
+    harness.register_session()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    harness.unregister_session()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -39,6 +47,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"cnet harness: session {harness.SESSION_ID}, cnet={harness.CNET}, "
         f"cnetd={harness.CNETD}"
     ]
+
+
+#: new state the leak check did not count (concurrent sessions), for the summary
+_IGNORED: set[str] = set()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _IGNORED:
+        tr = terminalreporter
+        tr.write_sep("-", "leak check: not counted (other test sessions or cnetd were running)")
+        for item in sorted(_IGNORED)[:10]:
+            tr.write_line(f"  {item}")
+        if len(_IGNORED) > 10:
+            tr.write_line(f"  ... and {len(_IGNORED) - 10} more")
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +72,7 @@ def leak_check(request: pytest.FixtureRequest):
     before = harness.snapshot()
     yield
     leaks = harness.find_leaks(before)
+    _IGNORED.update(leaks.ignored)
     if leaks:
         desc = leaks.describe()
         errors = harness.clean_leaks(leaks)

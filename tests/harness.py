@@ -738,6 +738,45 @@ def shutdown_daemon(daemon: Daemon) -> list[str]:
 
 
 # --------------------------------------------------------------------------- leak check
+#
+# Attribution. Several pytest sessions (and hand-run experiments) may share a machine.
+# - cnetd processes are ours if they descend from this interpreter or carry our
+#   CNET_TEST_SESSION in their environment: exact.
+# - Namespaces and mounts are "marked" if their name/path contains cnet-t-<our session>.
+#   Unmarked new ones (a test's own `cnet-foo-*` names) count as leaks only while nothing
+#   else is active: no other test session (see register_session) and no cnetd that is not
+#   ours (a demo, a bench, a hand-run daemon); otherwise they are only reported as ignored.
+#   Cleanup removes marked ones only (and anything under a namespace it deletes).
+# - A new `cnet` nft table or `cnet:` link alias in the root namespace is a leak and is
+#   removed, unless a cnetd that is not ours runs in that namespace (then: a warning).
+
+SESSIONS_DIR = Path("/run/cnet-test-sessions")
+
+
+def register_session() -> None:
+    """Announce this test session (so concurrent sessions stay lenient about unmarked state)."""
+    with contextlib.suppress(OSError):
+        SESSIONS_DIR.mkdir(parents=True, exist_ok=True)
+        (SESSIONS_DIR / str(os.getpid())).write_text(SESSION_ID)
+
+
+def unregister_session() -> None:
+    with contextlib.suppress(OSError):
+        (SESSIONS_DIR / str(os.getpid())).unlink()
+
+
+def other_sessions_alive() -> bool:
+    alive = False
+    with contextlib.suppress(OSError):
+        for f in SESSIONS_DIR.iterdir():
+            if not f.name.isdigit() or int(f.name) == os.getpid():
+                continue
+            if _alive(int(f.name)):
+                alive = True
+            else:
+                with contextlib.suppress(OSError):
+                    f.unlink()  # a crashed session's
+    return alive
 
 
 @dataclass
@@ -747,6 +786,7 @@ class Snapshot:
     cnetd: dict[int, str]  # pid -> cmdline (only processes attributable to this session)
     nft_tables: set[str]  # "family name"
     links: dict[str, str]  # "ifindex:name" -> alias
+    foreign_cnetd: bool = False  # a cnetd not ours was running (concurrent activity)
 
 
 def _ours(text: str) -> bool:
@@ -760,6 +800,10 @@ def _ours(text: str) -> bool:
             return False
         i = text.find(PREFIX, i + 1)
     return True
+
+
+def _marked(text: str) -> bool:
+    return PREFIX + SESSION_ID in text and _ours(text)
 
 
 def _list_netns() -> set[str]:
@@ -832,15 +876,38 @@ def _has_our_session(pid: int) -> bool:
     return f"{SESSION_ENV}={SESSION_ID}".encode() in env
 
 
+def _all_cnetd() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _is_cnetd(_proc_cmdline(int(d)))]
+
+
+def _scan_cnetd() -> tuple[dict[int, str], bool]:
+    """({pid: cmdline} of our cnetd processes, whether any cnetd not ours runs)."""
+    ours, foreign = {}, False
+    for pid in _all_cnetd():
+        if _descends_from_us(pid) or _has_our_session(pid):
+            ours[pid] = " ".join(_proc_cmdline(pid))
+        else:
+            foreign = True
+    return ours, foreign
+
+
 def _list_cnetd() -> dict[int, str]:
-    out: dict[int, str] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
+    return _scan_cnetd()[0]
+
+
+def _foreign_cnetd_here() -> list[int]:
+    """cnetd processes that are not ours but run in our network namespace."""
+    try:
+        here = os.readlink("/proc/thread-self/ns/net")
+    except OSError:
+        return []
+    out = []
+    for pid in _all_cnetd():
+        if _descends_from_us(pid) or _has_our_session(pid):
             continue
-        pid = int(d)
-        argv = _proc_cmdline(pid)
-        if _is_cnetd(argv) and (_descends_from_us(pid) or _has_our_session(pid)):
-            out[pid] = " ".join(argv)
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/net") == here:
+                out.append(pid)
     return out
 
 
@@ -889,12 +956,14 @@ def _list_cnet_links() -> dict[str, str]:
 
 
 def snapshot() -> Snapshot:
+    cnetd, foreign = _scan_cnetd()
     return Snapshot(
         netns=_list_netns(),
         mounts=_list_mounts(),
-        cnetd=_list_cnetd(),
+        cnetd=cnetd,
         nft_tables=_list_nft_tables(),
         links=_list_cnet_links(),
+        foreign_cnetd=foreign,
     )
 
 
@@ -905,14 +974,19 @@ class Leaks:
     cnetd: dict[int, str] = field(default_factory=dict)
     nft_tables: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
+    #: new state not attributable to this test (concurrent activity): warn, don't fail
+    ignored: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.netns or self.mounts or self.cnetd or self.nft_tables or self.links)
 
     def describe(self) -> str:
+        def keep(x: str) -> str:
+            return "" if _marked(x) else "  [left in place: not provably ours]"
+
         lines = []
-        lines += [f"  netns /run/netns/{n}" for n in self.netns]
-        lines += [f"  mount {m}" for m in self.mounts]
+        lines += [f"  netns /run/netns/{n}{keep(n)}" for n in self.netns]
+        lines += [f"  mount {m}{keep(m)}" for m in self.mounts]
         lines += [f"  cnetd process pid={p}: {c}" for p, c in self.cnetd.items()]
         lines += [f"  nft table {t} (root netns)" for t in self.nft_tables]
         lines += [f"  link {k.split(':', 1)[1]} alias {a} (root netns)"
@@ -920,22 +994,47 @@ class Leaks:
         return "\n".join(lines)
 
 
-def find_leaks(before: Snapshot, after: Snapshot | None = None) -> Leaks:
-    """What exists in `after` (default: now) that did not in `before`, and is ours."""
+def find_leaks(before: Snapshot, after: Snapshot | None = None,
+               strict: bool | None = None) -> Leaks:
+    """What exists in `after` (default: now) that did not in `before` and is ours.
+
+    strict (default: no concurrent activity, see above) also counts unmarked namespaces and
+    mounts.
+    """
     after = after or snapshot()
+    if strict is None:
+        strict = not (before.foreign_cnetd or after.foreign_cnetd or other_sessions_alive())
     leaks = Leaks()
-    leaks.netns = sorted(n for n in after.netns - before.netns if _ours(n))
+
+    def sort(items, what):
+        for x in items:
+            if not _ours(x):
+                continue
+            if strict or _marked(x):
+                yield x
+            else:
+                leaks.ignored.append(f"{what} {x}")
+
+    leaks.netns = sorted(sort(after.netns - before.netns, "netns"))
     new_mounts = after.mounts - before.mounts
-    leaks.mounts = sorted(m for m in new_mounts.elements() if _ours(m))
+    leaks.mounts = sorted(sort(new_mounts.elements(), "mount"))
     leaks.cnetd = {p: c for p, c in after.cnetd.items()
                    if p not in before.cnetd or before.cnetd[p] != c}
-    leaks.nft_tables = sorted(after.nft_tables - before.nft_tables)
-    leaks.links = {k: a for k, a in after.links.items() if k not in before.links}
+    nft = sorted(after.nft_tables - before.nft_tables)
+    links = {k: a for k, a in after.links.items() if k not in before.links}
+    if nft or links:
+        foreign = _foreign_cnetd_here()
+        if foreign:
+            leaks.ignored += [f"nft table {t}" for t in nft] + [
+                f"link {k.split(':', 1)[1]} alias {a}" for k, a in links.items()]
+            leaks.ignored[-1] += f" (cnetd pid {foreign} not ours runs in this netns)"
+        else:
+            leaks.nft_tables, leaks.links = nft, links
     return leaks
 
 
 def clean_leaks(leaks: Leaks) -> list[str]:
-    """Remove what find_leaks() reported. Returns errors (best effort, never raises)."""
+    """Remove what find_leaks() reported and is provably ours. Returns errors (never raises)."""
     errors: list[str] = []
 
     def attempt(what, fn, *a):
@@ -947,10 +1046,11 @@ def clean_leaks(leaks: Leaks) -> list[str]:
     # processes first: they may hold mounts and namespaces
     attempt("kill cnetd", kill_pids, list(leaks.cnetd))
     for n in leaks.netns:
-        attempt(f"netns {n}", netns_delete, n)
+        if _marked(n):
+            attempt(f"netns {n}", netns_delete, n)
     current = _list_mounts()
-    for m in sorted(set(leaks.mounts), key=len, reverse=True):  # deepest first
-        for _ in range(current.get(m, 0)):
+    for m in sorted({m for m in leaks.mounts if _marked(m)}, key=len, reverse=True):
+        for _ in range(current.get(m, 0)):  # deepest first, every stacked mount
             sh("umount", "-l", m, check=False)
     for t in leaks.nft_tables:
         attempt(f"nft {t}", sh, "nft", "delete", "table", *t.split())

@@ -236,6 +236,38 @@ def test_leak_checker_ignores_other_sessions():
     assert harness._ours("/tmp/cnetdev/x")
 
 
+def test_leak_checker_unmarked_namespaces_strict_or_lenient():
+    before = harness.snapshot()
+    name = "cnet-x-" + os.urandom(4).hex()  # a test's own naming, not provably ours
+    harness.sh("ip", "netns", "add", name)
+    try:
+        lenient = harness.find_leaks(before, strict=False)
+        assert name not in lenient.netns
+        assert any(name in i for i in lenient.ignored)
+        strict = harness.find_leaks(before, strict=True)
+        assert strict.netns == [name]
+        assert "not provably ours" in strict.describe()
+        assert harness.clean_leaks(strict) == []
+        assert Path(f"/run/netns/{name}").exists()  # reported, but left in place
+    finally:
+        harness.netns_delete(name)
+
+
+def test_session_registry():
+    harness.register_session()  # idempotent; conftest already did it
+    assert (harness.SESSIONS_DIR / str(os.getpid())).read_text() == harness.SESSION_ID
+    other = subprocess.Popen(["sleep", "300"])
+    entry = harness.SESSIONS_DIR / str(other.pid)
+    try:
+        entry.write_text("beef")
+        assert harness.other_sessions_alive()
+    finally:
+        other.kill()
+        other.wait()
+    harness.other_sessions_alive()
+    assert not entry.exists()  # a dead session's entry is swept
+
+
 # Runs the checker inside a throwaway namespace (so the root namespace's firewall and links
 # are never touched) to show it sees nft tables named cnet and links aliased cnet:*.
 NS_LEAK_PROBE = """
