@@ -99,6 +99,7 @@ def exec_(name: str, command: tuple[str, ...]) -> None:
 
     The command replaces this process, so its exit status is cnet's.
     """
+    import errno
     import os
     import sys
 
@@ -114,7 +115,10 @@ def exec_(name: str, command: tuple[str, ...]) -> None:
     try:
         enter_netns(key)
     except OSError as exc:
-        fail(f"cannot enter network namespace {key} of sandbox {name}: {exc.strerror}")
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if exc.errno == errno.EINVAL:  # an empty file: the bind mount lives in another mount ns
+            reason = "not a network namespace here (is cnetd in another mount namespace?)"
+        fail(f"cannot enter network namespace {key} of sandbox {name}: {reason}")
     sys.stdout.flush()
     sys.stderr.flush()
     try:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -645,3 +646,16 @@ def test_a_request_imports_no_http_client(daemon: FakeDaemon) -> None:
     ).stdout
     assert out.splitlines()[-1] == "False False"
     assert daemon.requests[0]["path"] == "/networks"
+
+
+def test_sandbox_exec_into_a_non_namespace_file(daemon: FakeDaemon, sockdir: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("setns needs CAP_SYS_ADMIN")
+    key = os.path.join(sockdir, "not-a-netns")
+    Path(key).touch()
+    daemon.route("GET", "/sandboxes/sb1", 200, {"Id": SB_ID, "Name": "sb1", "Key": key})
+    result = run_subprocess("-H", daemon.host, "sandbox", "exec", "sb1", "--", "true")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: cannot enter network namespace {key} of sandbox sb1")
+    assert "not a network namespace here" in result.stderr
+    assert result.stderr.count("\n") == 1
