@@ -7,7 +7,7 @@ import logging
 import os
 import socketserver
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from cnet.cnm.controller import Controller
 from cnet.cnm.errors import CnetError
@@ -23,7 +23,7 @@ def dispatch(ctl: Controller, worker: KernelWorker, method: str, target: str,
              body: bytes) -> tuple[int, object]:
     """Route one request; every failure becomes (status, {"message": ...})."""
     url = urlsplit(target)
-    path = url.path.rstrip("/") or "/"
+    path = unquote(url.path).rstrip("/") or "/"
     found = api.match(method, path)
     if found is None:
         return 404, {"message": f"page not found: {method} {path}"}
