@@ -22,11 +22,13 @@ lint: setup
 demo: setup
 	scripts/demo.sh
 
+# bench: every bench/*.py that is a script (has a __main__ block; helpers are skipped)
 bench: setup
 	@set -e; found=0; \
 	for f in bench/*.py; do \
 		[ -f "$$f" ] || continue; \
-		case "$$(basename "$$f")" in _*|conftest.py) continue;; esac; \
+		case "$$(basename "$$f")" in _*) continue;; esac; \
+		grep -q "__main__" "$$f" || continue; \
 		found=1; echo "== $$f"; $(PYTHON) "$$f"; \
 	done; \
 	[ $$found -eq 1 ] || echo "bench: no bench/*.py scripts yet"
