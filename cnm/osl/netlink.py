@@ -134,6 +134,9 @@ class Netlink:
                    ifalias=alias, state="up")
         return idx
 
+    def set_master(self, index: int, master: int) -> None:
+        self._call("attach to bridge", self._ipr.link, "set", index=index, master=master)
+
     def set_port_isolated(self, index: int, isolated: bool = True) -> None:
         self._call("set bridge port isolation", self._ipr.brport, "set", index=index,
                    isolated=1 if isolated else 0)

@@ -134,12 +134,22 @@ class BridgeDriver(Driver):
         opts = BridgeOptions.parse(network.options)
         if host.index(network.driver_state["bridge"]) is None:
             self._create_bridge(network, opts)
+        bridge = host.index(network.driver_state["bridge"])
+        masters = {link.ifname: link.master for link in host.links()}
         recreated = []
         for endpoint, key in joined:
-            if host.index(endpoint.driver_state["veth"]) is None:
+            veth = endpoint.driver_state["veth"]
+            if veth not in masters:
                 self.kernel.sandbox(key).delete_link(endpoint.ifname or "")
                 self._create_veth(network, endpoint, key, endpoint.ifname or "eth0", opts)
                 recreated.append(endpoint.id)
+            elif masters[veth] != bridge:
+                # The veth survived but its bridge did not (or it was detached): attach
+                # it to the current bridge again; port flags do not survive a detach.
+                idx = host.index(veth)
+                host.set_master(idx, bridge)
+                if not opts.icc:
+                    host.set_port_isolated(idx)
         if not network.internal:
             self.kernel.enable_forwarding(network.enable_ipv6)
         return recreated
