@@ -63,6 +63,8 @@ class Kernel:
         idx = nl.index(ifname)
         if idx is None:
             raise KernelError(f"configure {ifname}", FileNotFoundError("no such interface"))
+        if any(":" in cidr for cidr in addresses):
+            sysctl.write(f"net.ipv6.conf.{ifname}.disable_ipv6", "0", netns=key)
         for cidr in addresses:
             nl.add_address(idx, cidr)
         nl.set_up(idx)

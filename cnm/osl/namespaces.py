@@ -48,6 +48,7 @@ def create(path: str) -> None:
         try:
             nsenter.unshare_net()
             nsenter.mount("/proc/thread-self/ns/net", path, None, nsenter.MS_BIND)
+            _ipv6_off_by_default()
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
@@ -57,6 +58,21 @@ def create(path: str) -> None:
     if failure:
         os.unlink(path)
         raise failure[0]
+
+
+def _ipv6_off_by_default() -> None:
+    """New interfaces in this namespace start without IPv6 (the caller's thread is in it).
+
+    Otherwise every interface joining a bridge announces itself with MLD reports,
+    router solicitations and DAD probes that the bridge floods to every port: the
+    k-th endpoint on a network would cost k-1 deliveries. Interfaces that get an
+    IPv6 address switch it back on (Kernel.configure_interface), as Docker does.
+    """
+    try:
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:  # kernel without IPv6
+        pass
 
 
 def pin_current(path: str) -> None:

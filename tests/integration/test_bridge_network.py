@@ -358,3 +358,19 @@ def test_inspect_prune_and_rm(daemon):
     assert "cnet0" in elems  # the predefined network is untouched
     d.cli_error("network", "inspect", "used")
 
+
+
+def test_ipv4_only_endpoints_stay_silent_on_ipv6(daemon):
+    """No IPv6 on eth0 of an IPv4-only network (no MLD/RS/DAD flooded to every port);
+    an endpoint of an IPv6 network has it back on, link-local included."""
+    d = daemon
+    d.cli("network", "create", "v4only")
+    d.cli("network", "create", "--ipv6", "--subnet", "fd00:78::/64", "dual")
+    keys = attach(d, "v4only", "q")
+    v6_on_eth0 = ipj(keys["q"], "-6", "addr", "show", "dev", "eth0")
+    assert [a for link in v6_on_eth0 for a in link.get("addr_info", [])] == []
+    d.cli("network", "connect", "dual", "q")
+    eth1 = [a["local"] for link in ipj(keys["q"], "-6", "addr", "show", "dev", "eth1")
+            for a in link.get("addr_info", [])]
+    assert any(a.startswith("fe80:") for a in eth1)
+    assert d.sandbox_ip("q", "dual", v6=True) in eth1
