@@ -28,6 +28,10 @@ class BridgeDriver(Driver):
     scope = "local"
     options = KNOWN
 
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self._bridge_index: dict[str, int] = {}  # network id -> ifindex, saves a lookup per join
+
     @property
     def kernel(self) -> Kernel:
         return self.ctx.netlink  # type: ignore[return-value]
@@ -60,6 +64,7 @@ class BridgeDriver(Driver):
         host = self.kernel.host
         name = network.driver_state["bridge"]
         idx = host.create_bridge(name, self.ctx.alias(network.id), opts.mtu)
+        self._bridge_index[network.id] = idx
         try:
             for pool in network.pools:
                 prefix = pool.subnet.split("/")[1]
@@ -76,6 +81,7 @@ class BridgeDriver(Driver):
         except Exception as exc:  # best effort: still remove the bridge
             errors.append(exc)
         self.kernel.host.delete_link(network.driver_state["bridge"])
+        self._bridge_index.pop(network.id, None)
         if errors:
             raise errors[0]
 
@@ -112,7 +118,7 @@ class BridgeDriver(Driver):
     def _create_veth(self, network: Network, endpoint: Endpoint, sandbox_key: str,
                      ifname: str, opts: BridgeOptions) -> None:
         host = self.kernel.host
-        bridge = host.index(network.driver_state["bridge"])
+        bridge = self._bridge(network)
         veth = endpoint.driver_state["veth"]
         idx = host.create_veth_into(
             veth, ifname, sandbox_key, alias=self.ctx.alias(endpoint.id), master=bridge,
@@ -125,6 +131,14 @@ class BridgeDriver(Driver):
                 host.delete_link(veth)
                 raise
 
+    def _bridge(self, network: Network) -> int | None:
+        idx = self._bridge_index.get(network.id)
+        if idx is None:
+            idx = self.kernel.host.index(network.driver_state["bridge"])
+            if idx is not None:
+                self._bridge_index[network.id] = idx
+        return idx
+
     def leave(self, network: Network, endpoint: Endpoint) -> None:
         self.kernel.host.delete_link(endpoint.driver_state["veth"])
 
@@ -132,9 +146,10 @@ class BridgeDriver(Driver):
     def restore(self, network: Network, joined: list[tuple[Endpoint, str]]) -> list[str]:
         host = self.kernel.host
         opts = BridgeOptions.parse(network.options)
-        if host.index(network.driver_state["bridge"]) is None:
+        self._bridge_index.pop(network.id, None)
+        if self._bridge(network) is None:
             self._create_bridge(network, opts)
-        bridge = host.index(network.driver_state["bridge"])
+        bridge = self._bridge(network)
         masters = {link.ifname: link.master for link in host.links()}
         recreated = []
         for endpoint, key in joined:
