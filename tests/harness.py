@@ -41,7 +41,7 @@ os.environ[SESSION_ENV] = SESSION_ID
 PREFIX = "cnet-t-"
 NETNS_DIR = Path("/run/netns")
 #: Prefixes of things that other sessions/tools own and the leak check must ignore.
-FOREIGN_MARKS = ("cnet-demo-",)
+FOREIGN_MARKS = ("cnet-demo-", "cnet-b-")  # demo and bench namespaces
 
 #: Where `cnet`/`cnetd` live: the bin dir of the interpreter running pytest (the venv's).
 BIN_DIR = Path(sys.executable).parent
