@@ -1,20 +1,19 @@
-"""cnetd's HTTP API: routes, request parsing, and calls into the controller.
+"""cnetd's HTTP API: the route table, request objects and the system routes.
 
-Paths and bodies follow Docker's Engine API where Docker has the operation
-(networks); sandboxes and endpoints are cnet's own low-level resources.
+Paths and bodies follow Docker's Engine API where Docker has the operation;
+each resource's routes live in their own `api_*` module (see routes.py).
+A handler runs on the kernel worker thread unless it is registered with
+`worker=False` (slow work that must not hold up networking, or streams).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnet.cnm.controller import Controller
-from cnet.cnm.errors import InvalidParameter
-from cnet.daemon.views import endpoint_view, network_view, sandbox_view
+from cnet.daemon.app import App
 
 from cnet import __version__
 
@@ -28,179 +27,59 @@ class Request:
     params: tuple[str, ...] = field(default_factory=tuple)
 
 
-Handler = Callable[[Controller, Request], tuple[int, Any]]
-ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+Handler = Callable[[App, Request], tuple[int, Any]]
 
 
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+@dataclass(frozen=True)
+class Route:
+    method: str
+    rx: re.Pattern[str]
+    handler: Handler
+    on_worker: bool
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, pattern: str, worker: bool = True) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
-        ROUTES.append((method, re.compile(f"^{pattern}$"), fn))
+        ROUTES.append(Route(method, re.compile(f"^{pattern}$"), fn, worker))
         return fn
 
     return deco
 
 
-def match(method: str, path: str) -> tuple[Handler, tuple[str, ...]] | None:
-    """The handler for a request, or None (404); a known path with another method -> 405."""
-    for m, rx, fn in ROUTES:
-        found = rx.match(path)
-        if found and m == method:
-            return fn, found.groups()
+def match(method: str, path: str) -> tuple[Route, tuple[str, ...]] | None:
+    """The route for a request and its path parameters, or None (404)."""
+    for r in ROUTES:
+        found = r.rx.match(path)
+        if found and r.method == method:
+            return r, found.groups()
     return None
 
 
-def _filters(req: Request) -> dict[str, list[str]]:
-    raw = req.query.get("filters")
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise InvalidParameter("invalid filters: not JSON") from None
-    out: dict[str, list[str]] = {}
-    for key, values in data.items():
-        out[key] = list(values) if isinstance(values, list) else [k for k, v in values.items() if v]
-    return out
+class Stream:
+    """A streamed (chunked) response body: an iterator of byte chunks."""
 
-
-def _label_match(labels: dict[str, str], wanted: str) -> bool:
-    key, _, value = wanted.partition("=")
-    return key in labels and (not _ or labels[key] == value)
-
-
-NETWORK_FILTERS = {
-    "driver": lambda n, v: n.driver == v,
-    "name": lambda n, v: v in n.name,
-    "id": lambda n, v: n.id.startswith(v),
-    "label": lambda n, v: _label_match(n.labels, v),
-    "scope": lambda n, v: n.scope == v,
-    "type": lambda n, v: (v == "builtin") == n.predefined,
-}
+    def __init__(self, chunks, content_type: str = "application/octet-stream"):
+        self.chunks = chunks
+        self.content_type = content_type
 
 
 # -- system -------------------------------------------------------------------
 @route("GET", "/_ping")
-def ping(ctl: Controller, req: Request) -> tuple[int, Any]:
+def ping(app: App, req: Request) -> tuple[int, Any]:
     return 200, "OK"
 
 
 @route("GET", "/info")
-def info(ctl: Controller, req: Request) -> tuple[int, Any]:
-    extra = getattr(ctl, "info_extra", {})
+def info(app: App, req: Request) -> tuple[int, Any]:
+    ctl = app.controller
     return 200, {
         "Version": __version__,
         "DaemonID": ctl.daemon_id,
         "Drivers": sorted(ctl.drivers),
         "Networks": len(ctl.networks),
         "Sandboxes": len(ctl.sandboxes),
-        **extra,
+        **app.info,
     }
-
-
-# -- networks -------------------------------------------------------------------
-@route("POST", "/networks/create")
-def network_create(ctl: Controller, req: Request) -> tuple[int, Any]:
-    net = ctl.create_network(req.body)
-    return 201, {"Id": net.id, "Warning": ""}
-
-
-@route("GET", "/networks")
-def network_list(ctl: Controller, req: Request) -> tuple[int, Any]:
-    filters = _filters(req)
-    for key in filters:
-        if key not in NETWORK_FILTERS:
-            raise InvalidParameter(f'invalid filter "{key}"')
-    nets = [
-        n for n in ctl.networks.values()
-        if all(any(NETWORK_FILTERS[k](n, v) for v in vs) for k, vs in filters.items() if vs)
-    ]
-    nets.sort(key=lambda n: n.name)
-    return 200, [network_view(ctl, n) for n in nets]
-
-
-@route("GET", "/networks/([^/]+)")
-def network_inspect(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, network_view(ctl, ctl.network(req.params[0]))
-
-
-@route("DELETE", "/networks/([^/]+)")
-def network_delete(ctl: Controller, req: Request) -> tuple[int, Any]:
-    ctl.delete_network(req.params[0])
-    return 204, None
-
-
-@route("POST", "/networks/prune")
-def network_prune(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, {"NetworksDeleted": ctl.prune_networks()}
-
-
-@route("POST", "/networks/([^/]+)/connect")
-def network_connect(ctl: Controller, req: Request) -> tuple[int, Any]:
-    target = req.body.get("Container") or ""
-    cfg = req.body.get("EndpointConfig") or {}
-    ipam = cfg.get("IPAMConfig") or {}
-    ctl.connect(req.params[0], target, ipv4=ipam.get("IPv4Address") or None,
-                ipv6=ipam.get("IPv6Address") or None, aliases=cfg.get("Aliases") or [])
-    return 200, {}
-
-
-@route("POST", "/networks/([^/]+)/disconnect")
-def network_disconnect(ctl: Controller, req: Request) -> tuple[int, Any]:
-    ctl.disconnect(req.params[0], req.body.get("Container") or "",
-                   force=bool(req.body.get("Force")))
-    return 200, {}
-
-
-# -- sandboxes --------------------------------------------------------------------
-@route("POST", "/sandboxes/create")
-def sandbox_create(ctl: Controller, req: Request) -> tuple[int, Any]:
-    sb = ctl.create_sandbox(req.body.get("Name") or "", req.body.get("Labels"))
-    return 201, {"Id": sb.id}
-
-
-@route("GET", "/sandboxes")
-def sandbox_list(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, [sandbox_view(ctl, s) for s in sorted(ctl.sandboxes.values(),
-                                                      key=lambda s: s.created)]
-
-
-@route("GET", "/sandboxes/([^/]+)")
-def sandbox_inspect(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, sandbox_view(ctl, ctl.sandbox(req.params[0]))
-
-
-@route("DELETE", "/sandboxes/([^/]+)")
-def sandbox_delete(ctl: Controller, req: Request) -> tuple[int, Any]:
-    ctl.delete_sandbox(req.params[0], force=req.query.get("force") in ("1", "true"))
-    return 204, None
-
-
-# -- endpoints (the CNM steps one by one) ---------------------------------------------
-@route("POST", "/endpoints/create")
-def endpoint_create(ctl: Controller, req: Request) -> tuple[int, Any]:
-    b = req.body
-    ep = ctl.create_endpoint(b.get("Network") or "", b.get("Name") or "",
-                             b.get("IPv4Address") or None, b.get("IPv6Address") or None,
-                             b.get("Aliases") or [])
-    return 201, endpoint_view(ctl, ep)
-
-
-@route("GET", "/endpoints/([0-9a-f]+)")
-def endpoint_inspect(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, endpoint_view(ctl, ctl.endpoint(req.params[0]))
-
-
-@route("POST", "/endpoints/([0-9a-f]+)/join")
-def endpoint_join(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, endpoint_view(ctl, ctl.join(req.params[0], req.body.get("Sandbox") or ""))
-
-
-@route("POST", "/endpoints/([0-9a-f]+)/leave")
-def endpoint_leave(ctl: Controller, req: Request) -> tuple[int, Any]:
-    return 200, endpoint_view(ctl, ctl.leave(req.params[0]))
-
-
-@route("DELETE", "/endpoints/([0-9a-f]+)")
-def endpoint_delete(ctl: Controller, req: Request) -> tuple[int, Any]:
-    ctl.delete_endpoint(req.params[0])
-    return 204, None

@@ -17,6 +17,7 @@ from cnet.cnm.osl import features
 from cnet.cnm.osl.kernel import Kernel
 from cnet.cnm.reconcile import cleanup, load, reconcile
 from cnet.cnm.store import SQLiteStore, Store
+from cnet.daemon.app import App
 from cnet.daemon.server import UnixHTTPServer
 from cnet.daemon.worker import KernelWorker
 from cnet.drivers.bridge.driver import DEFAULT_BRIDGE, BridgeDriver
@@ -90,12 +91,13 @@ def ensure_predefined(ctl: Controller) -> None:
         ctl.create_network(req, predefined=True)
 
 
-def start(ctl: Controller, args: argparse.Namespace) -> None:
+def start(app: App, args: argparse.Namespace) -> None:
+    ctl = app.controller
     load(ctl)
     reconcile(ctl)
     ensure_predefined(ctl)
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
-    ctl.info_extra = {  # type: ignore[attr-defined]
+    app.info = {
         "DataRoot": args.data_root,
         "ExecRoot": args.exec_root,
         "Store": {"Type": "sqlite", "Path": ctl.store.path},  # type: ignore[attr-defined]
@@ -118,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             for e in errors:
                 print(f"cnetd: cleanup: {e}", file=sys.stderr)
             return 1 if errors else 0
-        worker.run(start, ctl, args)
+        app = App(controller=ctl, worker=worker)
+        worker.run(start, app, args)
     except CnetError as exc:
         print(f"cnetd: {exc}", file=sys.stderr)
         return 1
-    server = UnixHTTPServer(args.host[len("unix://"):], ctl, worker)
+    server = UnixHTTPServer(args.host[len("unix://"):], app)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame) -> None:

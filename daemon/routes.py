@@ -1,0 +1,3 @@
+"""Import every API module so that their routes are registered."""
+
+from cnet.daemon import api, api_network  # noqa: F401
