@@ -1,7 +1,6 @@
 """IPAM: pool choice, validation, allocation order, exhaustion, overlap."""
 
 import pytest
-
 from cnet.cnm.errors import Conflict, InvalidParameter
 from cnet.cnm.ipam import Ipam, parse_pool_option
 

@@ -1,7 +1,6 @@
 """The SQLite store: prefix listing, atomic transactions with guards, persistence."""
 
 import pytest
-
 from cnet.cnm.errors import Conflict
 from cnet.cnm.store import SQLiteStore, Txn
 
