@@ -304,11 +304,12 @@ class Controller:
         self._forget_endpoint(ep, Txn(puts={f"sandbox/{sb.id}": sb.to_record()}))
 
     # -- sandboxes ------------------------------------------------------------------------------
-    def create_sandbox(self, name: str, labels: dict[str, str] | None = None) -> Sandbox:
+    def create_sandbox(self, name: str, labels: dict[str, str] | None = None,
+                       sandbox_id: str | None = None) -> Sandbox:
         ids.check_name("sandbox", name)
         if any(s.name == name for s in self.sandboxes.values()):
             raise Conflict(f'sandbox name "{name}" is already in use')
-        sid = ids.new_id()
+        sid = sandbox_id or ids.new_id()
         sb = Sandbox(id=sid, name=name, created=now(), key=self.kernel.netns_path(sid),
                      labels=dict(labels or {}))
         with Undo() as undo:

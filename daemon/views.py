@@ -74,3 +74,51 @@ def sandbox_view(ctl: Controller, sb: Sandbox) -> dict:
         "Labels": dict(sb.labels),
         "Networks": networks,
     }
+
+
+def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
+    """Docker's container inspect (or, with summary, its `ps` list entry)."""
+    sb = ctl.sandboxes.get(c["Id"])
+    networks = {}
+    for ep_id in sb.endpoints if sb else []:
+        ep = ctl.endpoints[ep_id]
+        networks[ctl.networks[ep.network_id].name] = endpoint_settings(ctl, ep)
+    ports = c.get("Ports") or {}
+    if summary:
+        return {
+            "Id": c["Id"], "Names": ["/" + c["Name"]], "Image": c["Config"]["Image"],
+            "ImageID": c["Image"], "Command": " ".join(c["Config"]["Entrypoint"]
+                                                       + c["Config"]["Cmd"]),
+            "Created": c["Created"], "State": c["State"]["Status"],
+            "Status": _status_text(c), "Ports": [
+                {"PrivatePort": int(k.split("/")[0]), "Type": k.split("/")[1],
+                 "IP": b["HostIp"], "PublicPort": int(b["HostPort"])}
+                for k, bs in ports.items() for b in bs or []],
+            "Labels": c["Config"]["Labels"],
+            "NetworkSettings": {"Networks": networks},
+        }
+    return {
+        "Id": c["Id"],
+        "Name": "/" + c["Name"],
+        "Created": c["Created"],
+        "Path": (c["Config"]["Entrypoint"] + c["Config"]["Cmd"])[:1][0],
+        "Args": (c["Config"]["Entrypoint"] + c["Config"]["Cmd"])[1:],
+        "State": dict(c["State"]),
+        "Image": "sha256:" + c["Image"],
+        "RestartCount": c["RestartCount"],
+        "Config": dict(c["Config"]),
+        "HostConfig": dict(c["HostConfig"]),
+        "NetworkSettings": {"Networks": networks, "Ports": ports,
+                            "SandboxKey": sb.key if sb else ""},
+    }
+
+
+def _status_text(c: dict) -> str:
+    st = c["State"]
+    if st["Running"]:
+        return "Up"
+    if st["Status"] == "restarting":
+        return f"Restarting ({st['ExitCode']})"
+    if st["Status"] == "created":
+        return "Created"
+    return f"Exited ({st['ExitCode']})"

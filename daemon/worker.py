@@ -7,11 +7,13 @@ HTTP threads only parse, submit and wait.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class KernelWorker:
@@ -20,6 +22,16 @@ class KernelWorker:
 
     def run(self, fn: Callable[..., T], *args, **kwargs) -> T:
         return self._pool.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., object], *args) -> None:
+        """Queue work without waiting (monitor threads, timers); errors are logged."""
+        def guarded() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("background task %s failed", getattr(fn, "__name__", fn))
+
+        self._pool.submit(guarded)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

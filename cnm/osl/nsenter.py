@@ -60,10 +60,12 @@ def unshare_net() -> None:
     _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
 
 
-def mount(src: str, target: str, fstype: str | None, flags: int) -> None:
+def mount(src: str, target: str, fstype: str | None, flags: int, data: str | None = None
+          ) -> None:
     _check(
         _libc.mount(
-            src.encode(), target.encode(), fstype.encode() if fstype else None, flags, None
+            src.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+            data.encode() if data else None,
         ),
         f"mount {target}",
     )

@@ -1,0 +1,544 @@
+"""Containers: a CNM sandbox (same id) plus a runc container supervised by a shim.
+
+cnet plays containerd's and dockerd's part: it prepares the bundle (overlay
+rootfs, /etc files, OCI spec), starts a shim that runs runc and keeps stdio and
+the exit status, watches the shim, and applies restart policies. State changes
+run on the daemon's kernel worker; waiting (stop timeouts, wait, logs) does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from cnet.cnm import ids
+from cnet.cnm.controller import Controller
+from cnet.cnm.errors import CnetError, Conflict, InvalidParameter, NotFound
+from cnet.cnm.undo import Undo
+from cnet.runtime import etcfiles, restart, rootfs, shimclient
+from cnet.runtime.monitor import ShimMonitor
+from cnet.runtime.spec import (
+    DEFAULT_PATH,
+    Mount,
+    ProcessSpec,
+    Resources,
+    build_spec,
+    capabilities,
+)
+
+log = logging.getLogger(__name__)
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
+           "STOP": 19, "CONT": 18}
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _epoch(ts: str) -> float:
+    try:
+        return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except (ValueError, TypeError):
+        return 0.0
+
+
+def signal_number(sig: str | int | None) -> int:
+    if sig is None or sig == "":
+        return 9
+    text = str(sig).upper().removeprefix("SIG")
+    if text.isdigit() and 0 < int(text) < 65:
+        return int(text)
+    if text in SIGNALS:
+        return SIGNALS[text]
+    raise InvalidParameter(f'invalid signal "{sig}"')
+
+
+class Paths:
+    """Where a container's pieces live."""
+
+    def __init__(self, data_root: str, exec_root: str, cid: str):
+        self.data = os.path.join(data_root, "containers", cid)
+        self.bundle = os.path.join(exec_root, "containers", cid)
+        self.rootfs = os.path.join(self.bundle, "rootfs")
+        self.state = os.path.join(self.bundle, "state")
+        self.layer = os.path.join(self.data, "layer")
+        self.etc = os.path.join(self.data, "etc")
+        self.log = os.path.join(self.data, f"{cid}-json.log")
+
+
+class ContainerManager:
+    def __init__(self, ctl: Controller, worker, images, volumes, ports, *, data_root: str,
+                 exec_root: str, dns: list[str] | None = None,
+                 log_max_bytes: int = 10 << 20):
+        self.ctl = ctl
+        self.worker = worker
+        self.images = images
+        self.volumes = volumes
+        self.ports = ports
+        self.data_root = data_root
+        self.exec_root = exec_root
+        self.runc_root = os.path.join(exec_root, "runc")
+        self.dns = list(dns or [])
+        self.log_max_bytes = log_max_bytes
+        self.containers: dict[str, dict] = {}
+        self._cond = threading.Condition()
+        self._delays: dict[str, float] = {}
+        self.last_exit: dict[str, int] = {}  # survives --rm removal, for `wait`
+        self._timers: dict[str, threading.Timer] = {}
+        self.monitor = ShimMonitor(lambda cid: self.worker.submit(self._on_exit, cid))
+        if images is not None:
+            images.set_users(self._image_users)
+        if volumes is not None:
+            volumes.set_users(self._volume_users)
+
+    # -- lookups --------------------------------------------------------------------
+    def get(self, ref: str) -> dict:
+        return ids.resolve("container", ref.lstrip("/"), self.containers.values(),
+                           lambda c: (c["Id"], c["Name"]))
+
+    def paths(self, c: dict) -> Paths:
+        return Paths(self.data_root, self.exec_root, c["Id"])
+
+    def _image_users(self, image_id: str) -> list[str]:
+        return [c["Name"] for c in self.containers.values() if c["Image"] == image_id]
+
+    def _volume_users(self, name: str) -> list[str]:
+        return [c["Name"] for c in self.containers.values()
+                if any(m["Type"] == "volume" and m["Source"] == name
+                       for m in c["HostConfig"]["Mounts"])]
+
+    def _save(self, c: dict) -> None:
+        self.ctl.store.put(f"container/{c['Id']}", c)
+
+    def _set_state(self, c: dict, **fields: Any) -> None:
+        with self._cond:
+            c["State"].update(fields)
+            self._cond.notify_all()
+        self._save(c)
+
+    # -- create -----------------------------------------------------------------------
+    def create(self, body: dict, name: str | None) -> dict:
+        """POST /containers/create: validate everything, then sandbox + networks + record."""
+        if name:
+            ids.check_name("container", name.lstrip("/"))
+            name = name.lstrip("/")
+            if any(c["Name"] == name for c in self.containers.values()):
+                raise Conflict(f'Conflict. The container name "/{name}" is already in use')
+        image = self.images.resolve(body.get("Image") or "")
+        icfg = image.get("Config") or {}
+        host = dict(body.get("HostConfig") or {})
+        entrypoint = body.get("Entrypoint")
+        cmd = body.get("Cmd")
+        if entrypoint is None:
+            entrypoint = icfg.get("Entrypoint") or []
+            cmd = cmd or icfg.get("Cmd") or []
+        elif not cmd:
+            cmd = []
+        if not (list(entrypoint or []) + list(cmd or [])):
+            raise InvalidParameter("no command specified")
+        policy = host.get("RestartPolicy") or {"Name": "no"}
+        if (policy.get("Name") or "no") not in ("no", "always", "unless-stopped",
+                                                  "on-failure"):
+            raise InvalidParameter(f'invalid restart policy "{policy.get("Name")}"')
+        if host.get("AutoRemove") and policy.get("Name") not in (None, "", "no"):
+            raise InvalidParameter("conflicting options: --restart and --rm")
+        if host.get("Memory") is not None and int(host["Memory"]) < 6 * (1 << 20) and \
+                int(host["Memory"]) != 0:
+            raise InvalidParameter("minimum memory limit allowed is 6MB")
+        capabilities(host.get("CapAdd") or [], host.get("CapDrop") or [])
+        mounts = [self._check_mount(m) for m in host.get("Mounts") or []]
+        cid = ids.new_id()
+        name = name or self._random_name()
+        networking = body.get("NetworkingConfig") or {}
+        endpoints = dict(networking.get("EndpointsConfig") or {})
+        mode = host.get("NetworkMode") or (next(iter(endpoints)) if endpoints else "bridge")
+        if mode not in endpoints:
+            endpoints = {mode: {}, **endpoints}
+        for net in endpoints:
+            self.ctl.network(net)  # NotFound early
+        exposed = dict(icfg.get("ExposedPorts") or {})
+        exposed.update(body.get("ExposedPorts") or {})
+        for key in host.get("PortBindings") or {}:
+            exposed.setdefault(key, {})
+        if self.ports is not None:
+            self.ports.validate(host.get("PortBindings") or {})
+        env = list(icfg.get("Env") or [])
+        if not any(e.startswith("PATH=") for e in env):
+            env.insert(0, f"PATH={DEFAULT_PATH}")
+        env += list(body.get("Env") or [])
+        c = {
+            "Id": cid,
+            "Name": name,
+            "Created": now(),
+            "Image": image["Id"],
+            "Config": {
+                "Hostname": body.get("Hostname") or cid[:12],
+                "Env": env,
+                "Cmd": list(cmd or []),
+                "Entrypoint": list(entrypoint or []),
+                "WorkingDir": body.get("WorkingDir") or icfg.get("WorkingDir") or "/",
+                "Image": body.get("Image"),
+                "Tty": bool(body.get("Tty")),
+                "OpenStdin": bool(body.get("OpenStdin")),
+                "ExposedPorts": exposed,
+                "Labels": dict(body.get("Labels") or {}),
+                "User": body.get("User") or icfg.get("User") or "",
+            },
+            "HostConfig": {
+                "NetworkMode": mode,
+                "RestartPolicy": {"Name": policy.get("Name") or "no",
+                                  "MaximumRetryCount": int(policy.get("MaximumRetryCount")
+                                                           or 0)},
+                "AutoRemove": bool(host.get("AutoRemove")),
+                "Memory": int(host.get("Memory") or 0),
+                "NanoCpus": int(host.get("NanoCpus") or 0),
+                "PidsLimit": int(host.get("PidsLimit") or 0),
+                "PortBindings": host.get("PortBindings") or {},
+                "PublishAllPorts": bool(host.get("PublishAllPorts")),
+                "Mounts": mounts,
+                "ReadonlyRootfs": bool(host.get("ReadonlyRootfs")),
+                "CapAdd": list(host.get("CapAdd") or []),
+                "CapDrop": list(host.get("CapDrop") or []),
+                "Dns": list(host.get("Dns") or []),
+            },
+            "Networks": endpoints,
+            "State": {"Status": "created", "Running": False, "Pid": 0, "ExitCode": 0,
+                      "StartedAt": "0001-01-01T00:00:00Z",
+                      "FinishedAt": "0001-01-01T00:00:00Z", "Error": ""},
+            "RestartCount": 0,
+            "StoppedByUser": False,
+            "StartedBefore": False,
+            "Ports": {},
+        }
+        with Undo() as undo:
+            for m in mounts:
+                if m["Type"] == "volume" and not self._volume_exists(m["Source"]):
+                    self.volumes.create(m["Source"])
+                    undo.push(self.volumes.remove, m["Source"])
+            sb = self.ctl.create_sandbox(name, {"cnet.container": cid}, sandbox_id=cid)
+            undo.push(self.ctl.delete_sandbox, sb.id, True)
+            for net, cfg in endpoints.items():
+                ipam = (cfg or {}).get("IPAMConfig") or {}
+                netobj = self.ctl.network(net)
+                if netobj.driver == "null":
+                    continue
+                if netobj.driver == "host":
+                    raise InvalidParameter("--network host is not supported yet")
+                self.ctl.connect(net, sb.id, ipv4=ipam.get("IPv4Address") or None,
+                                 ipv6=ipam.get("IPv6Address") or None,
+                                 aliases=(cfg or {}).get("Aliases") or [])
+            self._save(c)
+        self.containers[cid] = c
+        return c
+
+    def _volume_exists(self, name: str) -> bool:
+        try:
+            self.volumes.get(name)
+            return True
+        except NotFound:
+            return False
+
+    def _check_mount(self, m: dict) -> dict:
+        kind = m.get("Type") or "volume"
+        target = m.get("Target") or ""
+        if not target.startswith("/"):
+            raise InvalidParameter(f'invalid mount target "{target}": must be absolute')
+        source = m.get("Source") or ""
+        if kind == "bind":
+            if not os.path.exists(source):
+                raise InvalidParameter(f"bind source path does not exist: {source}")
+        elif kind == "volume":
+            source = source or secrets.token_hex(32)
+            ids.check_name("volume", source)
+        else:
+            raise InvalidParameter(f'invalid mount type "{kind}"')
+        return {"Type": kind, "Source": source, "Target": target,
+                "ReadOnly": bool(m.get("ReadOnly"))}
+
+    def _random_name(self) -> str:
+        adjectives = ("brave", "calm", "eager", "fancy", "happy", "jolly", "keen", "lucid")
+        nouns = ("turing", "hopper", "lovelace", "ritchie", "thompson", "kernighan", "cerf")
+        while True:
+            name = (f"{secrets.choice(adjectives)}_{secrets.choice(nouns)}"
+                    f"{secrets.randbelow(100)}")
+            if not any(c["Name"] == name for c in self.containers.values()):
+                return name
+
+    # -- start --------------------------------------------------------------------------
+    def start(self, ref: str, _restarting: bool = False) -> dict:
+        c = self.get(ref)
+        if c["State"]["Running"]:
+            return c  # docker: starting a running container is a no-op
+        timer = self._timers.pop(c["Id"], None)
+        if timer:
+            timer.cancel()
+        p = self.paths(c)
+        sb = self.ctl.sandbox(c["Id"])
+        with Undo() as undo:
+            image = self.images.resolve(c["Image"])
+            rootfs.mount(self.images.layer_dirs(image), p.layer, p.rootfs)
+            undo.push(rootfs.unmount, p.rootfs)
+            spec = self._spec(c, p, sb)
+            with open(os.path.join(p.bundle, "config.json"), "w") as f:
+                json.dump(spec, f)
+            if self.ports is not None:
+                c["Ports"] = self.ports.publish(c["Id"], self._ipv4(c), c["HostConfig"],
+                                                c["Config"]["ExposedPorts"])
+                undo.push(self.ports.release, c["Id"])
+            shutil.rmtree(p.state, ignore_errors=True)
+            os.makedirs(p.state)
+            try:
+                started = shimclient.start_shim(
+                    c["Id"], p.bundle, self.runc_root, p.state, p.log,
+                    tty=c["Config"]["Tty"], stdin=c["Config"]["OpenStdin"],
+                    log_max_bytes=self.log_max_bytes)
+            except shimclient.ShimError as exc:
+                self._set_state(c, Status="created" if not c["StartedBefore"] else "exited",
+                                Error=str(exc), ExitCode=127 if "not found" in str(exc)
+                                else 126 if "permission" in str(exc) else 128)
+                raise InvalidParameter(f"failed to start container: {exc}") from None
+        c["StartedBefore"] = True
+        c["StoppedByUser"] = False
+        self._set_state(c, Status="running", Running=True, Pid=started["pid"], ExitCode=0,
+                        StartedAt=now(), Error="")
+        self.monitor.watch(c["Id"], started["shim_pid"])
+        return c
+
+    def _ipv4(self, c: dict) -> str | None:
+        sb = self.ctl.sandbox(c["Id"])
+        for ep_id in sb.endpoints:
+            ep = self.ctl.endpoints[ep_id]
+            if ep.ipv4 and self.ctl.networks[ep.network_id].driver == "bridge":
+                return ep.ipv4.split("/")[0]
+        return None
+
+    def _spec(self, c: dict, p: Paths, sb) -> dict:
+        cfg, host = c["Config"], c["HostConfig"]
+        addrs, names = [], [c["Name"]]
+        for ep_id in sb.endpoints:
+            ep = self.ctl.endpoints[ep_id]
+            addrs += [a.split("/")[0] for a in (ep.ipv4, ep.ipv6) if a]
+            names += [a for a in ep.aliases if a not in names]
+        servers, search = etcfiles.host_resolv()
+        files = etcfiles.write_all(
+            p.etc, hostname=cfg["Hostname"], addresses=addrs, names=names,
+            nameservers=host["Dns"] or self.dns or servers, search=search, options=[])
+        mounts = [Mount(target, source) for target, source in files.items()]
+        for m in host["Mounts"]:
+            source = (self.volumes.mountpoint(m["Source"]) if m["Type"] == "volume"
+                      else m["Source"])
+            mounts.append(Mount(m["Target"], source, m["ReadOnly"]))
+        uid, gid = _user(cfg["User"], p.rootfs)
+        process = ProcessSpec(
+            args=cfg["Entrypoint"] + cfg["Cmd"], env=cfg["Env"], cwd=cfg["WorkingDir"],
+            terminal=cfg["Tty"], uid=uid, gid=gid,
+            caps=capabilities(host["CapAdd"], host["CapDrop"]))
+        resources = Resources(memory=host["Memory"] or None,
+                              cpus=host["NanoCpus"] / 1e9 if host["NanoCpus"] else None,
+                              pids=host["PidsLimit"] or None)
+        return build_spec(process=process, rootfs=p.rootfs, readonly=host["ReadonlyRootfs"],
+                          hostname=cfg["Hostname"], netns=sb.key, mounts=mounts,
+                          resources=resources, cgroups_path=f"/cnet/{c['Id']}")
+
+    # -- exit, restart -----------------------------------------------------------------------
+    def _on_exit(self, cid: str) -> None:
+        """The shim is gone: record the exit, release the rootfs and ports, apply the policy."""
+        c = self.containers.get(cid)
+        if c is None or not c["State"]["Running"]:
+            return
+        p = self.paths(c)
+        info = shimclient.read_exit(p.state) or {"ExitCode": 255, "FinishedAt": now()}
+        code = int(info.get("ExitCode", 255))
+        self._release(c, p)
+        ran_for = _epoch(info.get("FinishedAt", "")) - _epoch(c["State"]["StartedAt"])
+        decision = restart.decide(c["HostConfig"]["RestartPolicy"], code, c["RestartCount"],
+                                  c["StoppedByUser"], ran_for, self._delays.get(cid, 0.0))
+        status = "restarting" if decision.restart else "exited"
+        self.last_exit[cid] = code
+        self._set_state(c, Status=status, Running=False, Pid=0, ExitCode=code,
+                        FinishedAt=info.get("FinishedAt") or now())
+        if decision.restart:
+            self._delays[cid] = decision.delay
+            timer = threading.Timer(decision.delay, self._restart_later, (cid,))
+            timer.daemon = True
+            self._timers[cid] = timer
+            timer.start()
+        elif c["HostConfig"]["AutoRemove"]:
+            self.remove(cid, force=True)
+
+    def _restart_later(self, cid: str) -> None:
+        def run() -> None:
+            self._timers.pop(cid, None)
+            c = self.containers.get(cid)
+            if c is None or c["State"]["Status"] != "restarting":
+                return
+            c["RestartCount"] += 1
+            try:
+                self.start(cid)
+            except CnetError as exc:
+                log.warning("restart of %s failed: %s", c["Name"], exc)
+                self._set_state(c, Status="exited")
+
+        self.worker.submit(run)
+
+    def _release(self, c: dict, p: Paths) -> None:
+        if self.ports is not None:
+            try:
+                self.ports.release(c["Id"])
+            except Exception:
+                log.exception("unpublishing ports of %s", c["Name"])
+        c["Ports"] = {}
+        try:
+            rootfs.unmount(p.rootfs)
+        except OSError:
+            log.exception("unmounting rootfs of %s", c["Name"])
+
+    # -- signals -------------------------------------------------------------------------------
+    def _runc(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["runc", "--root", self.runc_root, *args], capture_output=True,
+                              text=True, timeout=30)
+
+    def kill(self, ref: str, sig: str | int | None = None) -> dict:
+        c = self.get(ref)
+        signo = signal_number(sig)
+        if not c["State"]["Running"]:
+            raise Conflict(f"Container {c['Id'][:12]} is not running")
+        res = self._runc("kill", c["Id"], str(signo))
+        if res.returncode != 0 and "not running" not in res.stderr:
+            raise CnetError(f"kill failed: {res.stderr.strip()}")
+        return c
+
+    def mark_stopping(self, ref: str) -> dict:
+        """A user stop: no restart policy revives it (until daemon restart for `always`)."""
+        c = self.get(ref)
+        c["StoppedByUser"] = True
+        timer = self._timers.pop(c["Id"], None)
+        if timer:
+            timer.cancel()
+        if c["State"]["Status"] == "restarting":
+            self._set_state(c, Status="exited")
+        self._save(c)
+        return c
+
+    def wait_exit(self, cid: str, timeout: float | None) -> bool:
+        """Block (not on the worker) until the container is no longer running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                c = self.containers.get(cid)
+                if c is None or not c["State"]["Running"]:
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+
+    def wait_removed_or_exited(self, cid: str) -> int:
+        with self._cond:
+            while True:
+                c = self.containers.get(cid)
+                if c is None:
+                    return 0
+                if c["State"]["Status"] in ("exited", "created", "dead"):
+                    return int(c["State"]["ExitCode"])
+                self._cond.wait()
+
+    # -- remove --------------------------------------------------------------------------------
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        c = self.get(ref)
+        if c["State"]["Running"]:
+            if not force:
+                raise Conflict(f"You cannot remove a running container {c['Id'][:12]}. "
+                               "Stop the container before attempting removal or force remove")
+            raise Conflict("container is running")  # the API layer kills first
+        timer = self._timers.pop(c["Id"], None)
+        if timer:
+            timer.cancel()
+        p = self.paths(c)
+        errors: list[Exception] = []
+        self._release(c, p)
+        try:
+            rootfs.remove(p.layer, p.rootfs)
+        except Exception as exc:
+            errors.append(exc)
+        try:
+            self.ctl.delete_sandbox(c["Id"], force=True)
+        except NotFound:
+            pass
+        except Exception as exc:
+            errors.append(exc)
+        self._runc("delete", "--force", c["Id"])
+        shutil.rmtree(p.bundle, ignore_errors=True)
+        shutil.rmtree(p.data, ignore_errors=True)
+        self.ctl.store.delete(f"container/{c['Id']}")
+        with self._cond:
+            self.containers.pop(c["Id"], None)
+            self._cond.notify_all()
+        if volumes:
+            for m in c["HostConfig"]["Mounts"]:
+                if m["Type"] == "volume" and not self._volume_users(m["Source"]):
+                    try:
+                        self.volumes.remove(m["Source"])
+                    except CnetError:
+                        pass
+        if errors:
+            raise errors[0]
+
+    # -- daemon start ----------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Find running containers again; apply `always`/`unless-stopped` after a reboot."""
+        for rec in self.ctl.store.list("container/").values():
+            self.containers[rec["Id"]] = rec
+        for c in list(self.containers.values()):
+            p = self.paths(c)
+            if c["State"]["Running"]:
+                pid = _shim_pid(p.state) if shimclient.shim_alive(p.state) else None
+                if pid:
+                    self.monitor.watch(c["Id"], pid)
+                    continue
+                self._on_exit(c["Id"])
+                continue
+            if c["State"]["Status"] == "restarting":
+                c["State"]["Status"] = "exited"
+            if restart.start_on_daemon_boot(c["HostConfig"]["RestartPolicy"],
+                                            c["StoppedByUser"], c["StartedBefore"]):
+                try:
+                    self.start(c["Id"])
+                except CnetError as exc:
+                    log.warning("could not start %s: %s", c["Name"], exc)
+
+
+def _shim_pid(state_dir: str) -> int | None:
+    try:
+        with open(os.path.join(state_dir, "shim.json")) as f:
+            return int(json.load(f)["shim_pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _user(user: str, root: str) -> tuple[int, int]:
+    """`uid[:gid]` or a name from the image's /etc/passwd."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        gid = int(group) if group.isdigit() else uid
+        return uid, gid
+    try:
+        with open(os.path.join(root, "etc", "passwd")) as f:
+            for line in f:
+                parts = line.split(":")
+                if parts[0] == name and len(parts) > 3:
+                    return int(parts[2]), int(parts[3])
+    except OSError:
+        pass
+    raise InvalidParameter(f"unable to find user {name}: no matching entries in passwd file")
