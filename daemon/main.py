@@ -25,6 +25,7 @@ from cnet.drivers.bridge.options import NAME as BRIDGE_NAME_OPTION
 from cnet.drivers.host.driver import HostDriver
 from cnet.drivers.null.driver import NullDriver
 from cnet.ingress.firewall import Firewall
+from cnet.runtime.images import ImageStore
 
 from cnet import __version__
 
@@ -96,6 +97,7 @@ def start(app: App, args: argparse.Namespace) -> None:
     load(ctl)
     reconcile(ctl)
     ensure_predefined(ctl)
+    app.images = ImageStore(os.path.join(args.data_root, "images"), ctl.store)
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
         "DataRoot": args.data_root,
