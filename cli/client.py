@@ -1,18 +1,27 @@
 """A minimal HTTP/1.1 client for the cnetd API over a unix socket.
 
-Only `socket` is imported at module level: http.client pulls in the email package
-(~28 ms), which would double the start-up time of every `cnet` command. One request
-per connection (`Connection: close`); bodies are JSON.
+Only the socket extension is imported at module level: http.client pulls in the email
+package (~28 ms), which would double the start-up time of every `cnet` command, and
+the fast path (cli/fastpath.py) runs on this module too, so even typing (~3 ms),
+urllib.parse (~2 ms) and socket.py's enums (~2 ms) are left out. One request per
+connection (`Connection: close`); bodies are JSON.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Any
-from urllib.parse import quote
+# The C module under socket.py: the same socket objects and OSError subclasses, without
+# building socket.py's IntEnums at import. The Client only uses settimeout, connect,
+# sendall, recv and close, all defined on _socket.socket.
+import _socket
 
-DEFAULT_HOST = "unix:///run/cnet/cnet.sock"
+from cnet.cli.shared import DEFAULT_HOST
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _UNIX = "unix://"
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
 
 class ClientError(Exception):
@@ -42,6 +51,12 @@ def socket_path(host: str) -> str:
     if not host.startswith(_UNIX) or len(host) == len(_UNIX):
         raise ClientError(f'unsupported host "{host}": expected unix:///path/to/cnet.sock')
     return host[len(_UNIX) :]
+
+
+def quote(text: str, safe: str = "/") -> str:
+    """urllib.parse.quote(text, safe) for a str: UTF-8, %XX for all but unreserved/safe."""
+    keep = _UNRESERVED.union(safe.encode("ascii", "ignore")) if safe else _UNRESERVED
+    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
 
 
 def url_path(*segments: str) -> str:
@@ -99,7 +114,7 @@ class Client:
         return json.loads(text)
 
     def _roundtrip(self, request: bytes) -> tuple[int, str, dict[str, str], bytes]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
             try:
@@ -122,7 +137,7 @@ class Client:
             sock.close()
 
 
-def _read_response(sock: socket.socket) -> tuple[int, str, dict[str, str], bytes]:
+def _read_response(sock: _socket.socket) -> tuple[int, str, dict[str, str], bytes]:
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)

@@ -1,22 +1,22 @@
 """Helpers shared by every command module: settings, the error boundary, option
 parsing, and output (tables, JSON, ids, ages).
 
-Only click is imported at module level; the HTTP client, json and datetime are
-imported by the functions that need them.
+Only click (and the click-free cli/shared.py) is imported at module level; the HTTP
+client, json and datetime are imported by the functions that need them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from cnet.cli.shared import DEFAULT_HOST, describe_error, print_error
 
 if TYPE_CHECKING:
     from cnet.cli.client import Client
 
-DEFAULT_HOST = "unix:///run/cnet/cnet.sock"
 SHORT_ID_LEN = 12
 T = TypeVar("T")
 
@@ -32,11 +32,14 @@ class Settings:
 
 
 class CnetError(click.ClickException):
-    """A one-line error (`Error: <message>`) with its exit status; click prints it."""
+    """A one-line error (`Error: <message>`) with its exit status; click shows it."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        print_error(self.format_message(), file)  # the fast path's report too
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -60,20 +63,7 @@ def error_boundary(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             raise
-        from cnet.cli.client import ClientError
-
-        if isinstance(exc, ClientError):
-            raise CnetError(str(exc), exc.exit_code) from None
-        if isinstance(exc, OSError) and exc.strerror:
-            where = f": {exc.filename}" if exc.filename else ""
-            raise CnetError(f"{exc.strerror}{where}") from None
-        raise CnetError(
-            f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)"
-        ) from None
-
-
-def print_error(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
+        raise CnetError(*describe_error(exc)) from None
 
 
 def run_each(

@@ -19,6 +19,7 @@ from cnet.cli.common import (
     run_each,
     short_id,
 )
+from cnet.cli.shared import connect_request, disconnect_request
 
 
 @click.group()
@@ -165,16 +166,9 @@ def prune(force: bool, filters: dict[str, list[str]]) -> None:
 @click.argument("target", metavar="SANDBOX")
 def connect(ip: str | None, ip6: str | None, alias: tuple[str, ...], net: str, target: str) -> None:
     """Connect a sandbox to a network."""
-    endpoint: dict[str, Any] = {}
-    ipam = {k: v for k, v in (("IPv4Address", ip), ("IPv6Address", ip6)) if v}
-    if ipam:
-        endpoint["IPAMConfig"] = ipam
-    if alias:
-        endpoint["Aliases"] = list(alias)
-    body: dict[str, Any] = {"Container": target}
-    if endpoint:
-        body["EndpointConfig"] = endpoint
-    client().post(_path(net, "connect"), body)
+    # also run without click by cli/fastpath.py: keep both on connect_request()
+    path, body = connect_request(net, target, ip, ip6, alias)
+    client().post(path, body)
 
 
 @network.command()
@@ -183,4 +177,6 @@ def connect(ip: str | None, ip6: str | None, alias: tuple[str, ...], net: str, t
 @click.argument("target", metavar="SANDBOX")
 def disconnect(force: bool, net: str, target: str) -> None:
     """Disconnect a sandbox from a network."""
-    client().post(_path(net, "disconnect"), {"Container": target, "Force": force})
+    # also run without click by cli/fastpath.py: keep both on disconnect_request()
+    path, body = disconnect_request(net, target, force)
+    client().post(path, body)

@@ -1,7 +1,8 @@
 """The `cnet` CLI against a fake cnetd: a thread serving canned HTTP answers on a unix socket.
 
 Checks what the CLI sends (bodies, query strings), what it prints (tables, JSON, one-line
-errors) and how it exits. `sandbox exec` and start-up cost are checked in subprocesses.
+errors) and how it exits. `sandbox exec`, the no-click fast path of `network connect` /
+`disconnect` and start-up cost are checked in subprocesses.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 from click.testing import CliRunner, Result
+from cnet.cli import client as client_module
+from cnet.cli import fastpath
+from cnet.cli.app import cli
 from cnet.cli.client import APIError, Client, DaemonUnreachable
 from cnet.cli.common import human_duration
-from cnet.cli.main import cli
+from cnet.cli.main import main
+from cnet.cli.shared import DEFAULT_HOST, resolve_host
 
 NET_ID = "3f1c2a9b8e7d6c5b4a3928170615f4e3d2c1b0a99887766554433221100ffee"
 NET_ID2 = "a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1"
@@ -593,6 +598,292 @@ def test_human_duration(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
 
 
+# --- the no-click fast path of network connect / disconnect -------------------------
+
+
+def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`cnet ARGS` through main() in a fresh process (so the fast path can be taken)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("CNET_HOST", "CNET_NO_FASTPATH")}
+    return subprocess.run(
+        [sys.executable, "-c", "from cnet.cli.main import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**base, **(env or {})},
+    )
+
+
+def fast_and_click(
+    daemon: FakeDaemon | None, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """The same argv via the fast path, then via click: both results; the requests of
+    each half are checked to be the same."""
+    sent = daemon.requests if daemon else []
+    fast = run_main(*args, env=env)
+    half = len(sent)
+    slow = run_main(*args, env={**(env or {}), "CNET_NO_FASTPATH": "1"})
+    assert sent[:half] == sent[half:]
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        slow.returncode,
+        slow.stdout,
+        slow.stderr,
+    )
+    return fast, slow
+
+
+FAST_CASES = [
+    ("network", "connect", "n", "sb1"),
+    ("network", "connect", "--ip", "10.0.0.9", "--ip6", "fd00::9", "--alias", "web",
+     "--alias", "w", "n", "sb1"),
+    ("network", "connect", "n", "--alias=web", "sb1", "--ip=10.0.0.9"),
+    ("network", "connect", "--ip", "10.0.0.1", "--ip", "10.0.0.2", "n", "sb1"),
+    ("network", "connect", "--ip=", "--alias=", "n", "sb1"),
+    ("network", "connect", "a/b c", "sb é"),
+    ("network", "disconnect", "n", "sb1"),
+    ("network", "disconnect", "-f", "n", "sb1"),
+    ("network", "disconnect", "n", "--force", "sb1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", FAST_CASES, ids=lambda a: " ".join(a))
+def test_fast_path_sends_what_click_sends(daemon: FakeDaemon, args: tuple[str, ...]) -> None:
+    for path in ("/networks/n/connect", "/networks/n/disconnect", "/networks/a/b c/connect"):
+        daemon.route("POST", path, 200)
+    argv = ["-H", daemon.host, *args]
+    assert fastpath.parse(argv) is not None  # the fast path takes it
+    fast, _ = fast_and_click(daemon, *argv)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (0, "", "")  # silent, like docker
+    assert len(daemon.requests) == 2
+
+
+def test_fast_path_bodies(daemon: FakeDaemon) -> None:
+    for path in ("/networks/n/connect", "/networks/n/disconnect", "/networks/a/b c/connect"):
+        daemon.route("POST", path, 200)
+    for args in FAST_CASES:
+        assert run_main("-H", daemon.host, *args).returncode == 0
+    assert [(r["raw_path"], r["body"]) for r in daemon.requests] == [
+        ("/networks/n/connect", {"Container": "sb1"}),
+        (
+            "/networks/n/connect",
+            {
+                "Container": "sb1",
+                "EndpointConfig": {
+                    "IPAMConfig": {"IPv4Address": "10.0.0.9", "IPv6Address": "fd00::9"},
+                    "Aliases": ["web", "w"],
+                },
+            },
+        ),
+        (
+            "/networks/n/connect",
+            {
+                "Container": "sb1",
+                "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.0.0.9"}, "Aliases": ["web"]},
+            },
+        ),
+        (
+            "/networks/n/connect",
+            {"Container": "sb1", "EndpointConfig": {"IPAMConfig": {"IPv4Address": "10.0.0.2"}}},
+        ),
+        ("/networks/n/connect", {"Container": "sb1", "EndpointConfig": {"Aliases": [""]}}),
+        ("/networks/a%2Fb%20c/connect", {"Container": "sb é"}),
+        ("/networks/n/disconnect", {"Container": "sb1", "Force": False}),
+        ("/networks/n/disconnect", {"Container": "sb1", "Force": True}),
+        ("/networks/n/disconnect", {"Container": "sb1", "Force": True}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("net", "status", "body", "stderr"),
+    [
+        ("ghost", 404, {"message": "network ghost not found"}, "network ghost not found"),
+        ("busy", 409, {"message": "endpoint sb already exists"}, "endpoint sb already exists"),
+        ("boom", 500, "boom", '"boom"'),
+        ("unrouted", None, None, "page not found"),  # the fake's default 404
+    ],
+)
+@pytest.mark.parametrize("command", ["connect", "disconnect"])
+def test_fast_path_daemon_errors_like_click(
+    daemon: FakeDaemon, command: str, net: str, status: int | None, body: Any, stderr: str
+) -> None:
+    if status is not None:
+        daemon.route("POST", f"/networks/{net}/{command}", status, body)
+    fast, _ = fast_and_click(daemon, "-H", daemon.host, "network", command, net, "sb")
+    assert (fast.returncode, fast.stdout, fast.stderr) == (1, "", f"Error: {stderr}\n")
+
+
+@pytest.mark.parametrize("form", ["-H", "--host", "--host=", "env"])
+def test_fast_path_host_selection_like_click(daemon: FakeDaemon, form: str) -> None:
+    daemon.route("POST", "/networks/n/connect", 200)
+    if form == "env":
+        flags, env = [], {"CNET_HOST": daemon.host}
+    elif form == "--host=":
+        flags, env = [f"--host={daemon.host}"], {"CNET_HOST": "unix:///nonexistent.sock"}
+    else:
+        flags, env = [form, daemon.host], {"CNET_HOST": "unix:///nonexistent.sock"}
+    argv = [*flags, "network", "connect", "n", "sb"]
+    assert fastpath.parse(argv) is not None
+    fast, _ = fast_and_click(daemon, *argv, env=env)
+    assert fast.returncode == 0, fast.stderr
+    assert len(daemon.requests) == 2
+
+
+@pytest.mark.parametrize("kind", ["missing", "tcp", "empty"])
+def test_fast_path_unreachable_and_bad_host_like_click(sockdir: str, kind: str) -> None:
+    host = {"missing": f"unix://{sockdir}/missing.sock", "tcp": "tcp://1.2.3.4:2375", "empty": ""}
+    expected = {
+        "missing": f"cannot reach cnetd at {host['missing']} (is it running? start it with: "
+        f"cnetd -H {host['missing']})",
+        "tcp": 'unsupported host "tcp://1.2.3.4:2375": expected unix:///path/to/cnet.sock',
+        "empty": 'unsupported host "": expected unix:///path/to/cnet.sock',
+    }
+    for command in ("connect", "disconnect"):
+        fast, _ = fast_and_click(None, "-H", host[kind], "network", command, "n", "sb")
+        assert (fast.returncode, fast.stdout, fast.stderr) == (1, "", f"Error: {expected[kind]}\n")
+
+
+def test_resolve_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CNET_HOST", raising=False)
+    assert resolve_host(None) == DEFAULT_HOST
+    monkeypatch.setenv("CNET_HOST", "")
+    assert resolve_host(None) == DEFAULT_HOST  # empty counts as unset, as for click
+    monkeypatch.setenv("CNET_HOST", "unix:///env.sock")
+    assert resolve_host(None) == "unix:///env.sock"
+    assert resolve_host("unix:///flag.sock") == "unix:///flag.sock"
+    assert resolve_host("") == ""  # an explicit -H "" is an error later, not the default
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_interrupt_reports_like_click(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], forced: bool
+) -> None:
+    def interrupted(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client_module.Client, "post", interrupted)
+    monkeypatch.setattr(
+        sys, "argv", ["cnet", "-H", "unix:///x.sock", "network", "connect", "n", "s"]
+    )
+    if forced:
+        monkeypatch.setenv("CNET_NO_FASTPATH", "1")
+    else:
+        monkeypatch.delenv("CNET_NO_FASTPATH", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    assert capsys.readouterr() == ("", "\nAborted!\n")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["network", "connect", "--help"],
+        ["network", "connect", "-h", "n", "sb"],
+        ["network", "connect", "n", "sb", "extra"],
+        ["network", "connect", "n"],
+        ["network", "connect", "--bogus", "n", "sb"],
+        ["network", "connect", "--ip", "n", "sb"],  # --ip eats "n": 1 positional left
+        ["network", "connect", "--ip", "--alias", "n", "sb"],  # a value that looks like a flag
+        ["network", "connect", "--", "n", "sb"],
+        ["network", "connect", "-", "sb"],
+        ["network", "disconnect", "-ff", "n", "sb"],  # combined short flags
+        ["network", "disconnect", "--force=yes", "n", "sb"],
+        ["network", "disconnect", "--ip", "1.2.3.4", "n", "sb"],
+        ["--debug", "network", "connect", "n", "sb"],
+        ["-Hunix:///x.sock", "network", "connect", "n", "sb"],
+        ["-H", "unix:///x.sock", "--debug", "network", "connect", "n", "sb"],
+        ["network", "-H", "unix:///x.sock", "connect", "n", "sb"],
+        ["network", "ls"],
+        ["network", "rm", "n", "sb"],
+        ["sandbox", "connect", "n", "sb"],
+        ["--version"],
+        ["-H"],
+        [],
+    ],
+    ids=lambda a: " ".join(a) or "(none)",
+)
+def test_fast_path_declines_other_shapes(argv: list[str]) -> None:
+    assert fastpath.parse(argv) is None
+
+
+def test_declined_shapes_still_work_via_click(daemon: FakeDaemon, sockdir: str) -> None:
+    daemon.route("POST", "/networks/n/connect", 200)
+    helped = run_main("network", "connect", "--help")
+    assert helped.returncode == 0
+    assert helped.stdout.startswith("Usage: cnet network connect [OPTIONS] NETWORK SANDBOX\n")
+    assert "--alias TEXT" in helped.stdout
+
+    extra = run_main("-H", daemon.host, "network", "connect", "n", "sb", "extra")
+    assert extra.returncode == 2
+    assert "Got unexpected extra argument (extra)" in extra.stderr
+
+    bogus = run_main("-H", daemon.host, "network", "connect", "--bogus", "n", "sb")
+    assert bogus.returncode == 2
+    assert "No such option '--bogus'" in bogus.stderr
+
+    assert daemon.requests == []
+    daemon.route("POST", "/networks/n/disconnect", 200)
+    combined = run_main("-H", daemon.host, "network", "disconnect", "-ff", "n", "sb")
+    assert (combined.returncode, combined.stderr) == (0, "")  # click reads -ff as -f -f
+    assert daemon.requests[-1]["body"] == {"Container": "sb", "Force": True}
+
+    attached = run_main(f"-H{daemon.host}", "network", "connect", "n", "sb")
+    assert (attached.returncode, attached.stderr) == (0, "")
+    assert daemon.requests[-1]["body"] == {"Container": "sb"}
+
+    host = f"unix://{sockdir}/missing.sock"
+    debug = run_main("--debug", "-H", host, "network", "connect", "n", "sb")
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "DaemonUnreachable" in debug.stderr
+
+
+def test_fast_path_skips_shell_completion() -> None:
+    result = run_main("network", "connect", "n", "sb", env={"_CNET_COMPLETE": "bash_source"})
+    assert result.returncode == 0
+    assert "_cnet_completion" in result.stdout  # click's completion script, no request
+
+
+def test_fast_path_imports_no_click(daemon: FakeDaemon) -> None:
+    daemon.route("POST", "/networks/n/connect", 200)
+    code = (
+        "import sys\n"
+        "preloaded = set(sys.modules)  # by site: an editable install's finder loads urllib\n"
+        "from cnet.cli.main import main\n"
+        "try:\n    main()\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = {'click', 'socket', 'urllib.parse', 'http.client', 'email', 'inspect', 'typing'}\n"
+        "print(sorted(heavy & (set(sys.modules) - preloaded)))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cnet.')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "-H", daemon.host, "network", "connect", "n", "sb"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.splitlines()
+    assert out[-2] == "[]"
+    modules = [
+        "cnet.cli",
+        "cnet.cli.client",
+        "cnet.cli.fastpath",
+        "cnet.cli.main",
+        "cnet.cli.shared",
+    ]
+    assert out[-1] == str(modules)
+    assert daemon.requests[0]["body"] == {"Container": "sb"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "plain", "a/b", "a b", "é€😀", "~._-", "%41", "?#&=+;,:@!$'()*[]", "\x00\x7f"],
+)
+@pytest.mark.parametrize("safe", ["", "/", "/:"])
+def test_quote_is_urllib_quote(text: str, safe: str) -> None:
+    assert client_module.quote(text, safe) == quote(text, safe)
+    assert client_module.quote(text) == quote(text)
+
+
 # --- start-up cost ------------------------------------------------------------------
 
 
@@ -608,8 +899,11 @@ def _imported_by(code: str) -> set[str]:
 
 
 def test_main_import_stays_lean() -> None:
-    modules = _imported_by("import cnet.cli.main")
-    assert "cnet.cli.main" in modules  # the measurement itself works
+    entry = _imported_by("import cnet.cli.main")
+    assert "cnet.cli.main" in entry  # the measurement itself works
+    assert not {"click", "json", "socket", "_socket", "cnet.cli.fastpath"} & entry
+    modules = _imported_by("import cnet.cli.app")
+    assert "cnet.cli.app" in modules
     heavy = {"http.client", "email", "json", "requests", "httpx", "urllib.request", "socket"}
     assert not heavy & modules
     # command modules load only when their command runs
@@ -619,24 +913,30 @@ def test_main_import_stays_lean() -> None:
 def test_help_lists_commands_without_importing_them() -> None:
     code = (
         "import sys\n"
-        "from cnet.cli.main import cli\n"
-        "try:\n    cli(['--help'], prog_name='cnet')\n"
+        "from cnet.cli.main import main\n"
+        "try:\n    main()\n"
         "except SystemExit:\n    pass\n"
         "print(sorted(m for m in sys.modules if m.startswith('cnet.cli.')))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+        [sys.executable, "-c", code, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout
     assert "network  Manage networks." in out
     assert "sandbox  Manage sandboxes" in out
-    assert out.splitlines()[-1] == "['cnet.cli.common', 'cnet.cli.lazy', 'cnet.cli.main']"
+    assert out.splitlines()[-1] == str(
+        [f"cnet.cli.{m}" for m in ("app", "common", "fastpath", "lazy", "main", "shared")]
+    )
 
 
 def test_a_request_imports_no_http_client(daemon: FakeDaemon) -> None:
     daemon.route("GET", "/networks", 200, [])
     code = (
         "import sys\n"
-        "from cnet.cli.main import cli\n"
+        "from cnet.cli.app import cli\n"
         f"try:\n    cli(['-H', {daemon.host!r}, 'network', 'ls'], prog_name='cnet')\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "print('http.client' in sys.modules, 'email' in sys.modules)\n"

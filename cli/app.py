@@ -1,0 +1,55 @@
+"""`cnet`: the click command-line client of cnetd (run by cli/main.py).
+
+Each command group lives in its own module and is imported only when invoked
+(see LazyGroup), so `cnet --help` costs little more than importing click.
+"""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+from cnet.cli.common import Settings, error_boundary
+from cnet.cli.lazy import LazyGroup
+from cnet.cli.shared import DEFAULT_HOST, resolve_host
+
+from cnet import __version__
+
+COMMANDS = {
+    "info": ("cnet.cli.system:info", "Display system-wide information."),
+    "network": ("cnet.cli.network:network", "Manage networks."),
+    "sandbox": ("cnet.cli.sandbox:sandbox", "Manage sandboxes (network namespaces)."),
+    "image": ("cnet.cli.image:image", "Manage images."),
+}
+
+
+class RootGroup(LazyGroup):
+    """The error boundary: everything below runs inside it."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        # ctx.obj is set by the callback inside super().invoke(); params are parsed already.
+        with error_boundary(bool(ctx.params.get("debug"))):
+            return super().invoke(ctx)
+
+
+@click.group(
+    cls=RootGroup,
+    lazy_commands=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option(
+    "-H",
+    "--host",
+    default=DEFAULT_HOST,  # shown in --help; the value comes from resolve_host()
+    show_default=True,
+    metavar="unix:///PATH",
+    help="Daemon socket to connect to (env CNET_HOST).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.version_option(
+    __version__, "-v", "--version", prog_name="cnet", message="%(prog)s version %(version)s"
+)
+@click.pass_context
+def cli(ctx: click.Context, host: str, debug: bool) -> None:
+    """A network-first container platform (Docker's Container Network Model)."""
+    given = ctx.get_parameter_source("host") is ParameterSource.COMMANDLINE
+    ctx.obj = Settings(resolve_host(host if given else None), debug)
