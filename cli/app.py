@@ -19,6 +19,20 @@ COMMANDS = {
     "network": ("cnet.cli.network:network", "Manage networks."),
     "sandbox": ("cnet.cli.sandbox:sandbox", "Manage sandboxes (network namespaces)."),
     "image": ("cnet.cli.image:image", "Manage images."),
+    "container": ("cnet.cli.container:container", "Manage containers."),
+    "run": ("cnet.cli.container:run", "Create and run a new container from an image."),
+    "create": ("cnet.cli.container:create", "Create a new container."),
+    "start": ("cnet.cli.container:start", "Start one or more stopped containers."),
+    "stop": ("cnet.cli.container:stop", "Stop one or more running containers."),
+    "restart": ("cnet.cli.container:restart", "Restart one or more containers."),
+    "kill": ("cnet.cli.container:kill", "Kill one or more running containers."),
+    "rm": ("cnet.cli.container:rm", "Remove one or more containers."),
+    "ps": ("cnet.cli.container:ps", "List containers."),
+    "logs": ("cnet.cli.container:logs", "Fetch the logs of a container."),
+    "exec": ("cnet.cli.container:exec_", "Run a command in a running container."),
+    "inspect": ("cnet.cli.container:inspect", "Display detailed information on containers."),
+    "wait": ("cnet.cli.container:wait", "Block until containers stop, print exit codes."),
+    "port": ("cnet.cli.container:port", "List port mappings of a container."),
 }
 
 

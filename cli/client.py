@@ -113,6 +113,59 @@ class Client:
             return text
         return json.loads(text)
 
+    def stream(self, method: str, path: str, query: dict[str, str] | None = None):
+        """Send one request and yield each JSON line of a chunked (streamed) answer as it
+        arrives (`logs -f`)."""
+        import json
+
+        if query:
+            path += "?" + "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in query.items())
+        head = f"{method} {path} HTTP/1.1\r\nHost: cnet\r\nContent-Length: 0\r\n\r\n"
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            try:
+                sock.connect(self.path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise DaemonUnreachable(self.host) from None
+            sock.sendall(head.encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ClientError("cnetd closed the connection without a response")
+                buf += chunk
+            status_line, _, buf = buf.partition(b"\r\n\r\n")
+            status = int(status_line.split(b" ", 2)[1])
+            if not 200 <= status < 300:
+                while chunk := sock.recv(65536):
+                    buf += chunk
+                text = _dechunk(buf).decode("utf-8", "replace")
+                raise APIError(status, _error_message(text) or str(status))
+            pending = b""
+            while True:
+                while b"\r\n" not in buf:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                size_line, _, buf = buf.partition(b"\r\n")
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    return
+                while len(buf) < size + 2:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                pending += buf[:size]
+                buf = buf[size + 2:]
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            sock.close()
+
     def _roundtrip(self, request: bytes) -> tuple[int, str, dict[str, str], bytes]:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:

@@ -154,7 +154,7 @@ def _start(cid: str) -> None:
         fail(msg, 127 if "not found" in msg else 126 if "permission" in msg else 125)
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command(context_settings={"allow_interspersed_args": False})
 @create_options
 @click.option("-d", "--detach", is_flag=True, help="Run in the background, print the id.")
 def run(detach: bool, **o: Any) -> None:
@@ -172,7 +172,7 @@ def run(detach: bool, **o: Any) -> None:
     sys.exit(code)
 
 
-@click.command()
+@click.command(context_settings={"allow_interspersed_args": False})
 @create_options
 def create(**o: Any) -> None:
     """Create a new container."""
@@ -327,7 +327,7 @@ def logs(follow: bool, tail: str, timestamps: bool, name: str) -> None:
     _follow_logs(name, follow, tail, timestamps)
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+@click.command(context_settings={"allow_interspersed_args": False})
 @click.option("-i", "--interactive", is_flag=True)
 @click.option("-t", "--tty", is_flag=True)
 @click.option("-e", "--env", multiple=True)

@@ -139,6 +139,8 @@ def container_inspect(app: App, req: Request) -> tuple[int, Any]:
 @route("POST", "/containers/([^/]+)/wait", worker=False)
 def container_wait(app: App, req: Request) -> tuple[int, Any]:
     mgr = _mgr(app)
+    if req.params[0] in mgr.last_exit:  # already exited and auto-removed (--rm)
+        return 200, {"StatusCode": mgr.last_exit[req.params[0]], "Error": None}
     c = app.worker.run(mgr.get, req.params[0])
     mgr.wait_exit(c["Id"], None)
     if c["HostConfig"]["AutoRemove"]:

@@ -25,7 +25,10 @@ from cnet.drivers.bridge.options import NAME as BRIDGE_NAME_OPTION
 from cnet.drivers.host.driver import HostDriver
 from cnet.drivers.null.driver import NullDriver
 from cnet.ingress.firewall import Firewall
+from cnet.runtime.cleanup import runtime_cleanup
+from cnet.runtime.containers import ContainerManager, cgroup_parent
 from cnet.runtime.images import ImageStore
+from cnet.runtime.ports import PortPublisher
 
 from cnet import __version__
 
@@ -46,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="replace the default address pools (repeatable)")
     p.add_argument("--bridge", default="", metavar="none",
                    help='"none" to skip the predefined "bridge" network')
+    p.add_argument("--dns", action="append", default=[], metavar="IP",
+                   help="DNS server for containers (repeatable; default: the host's)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every kernel object this daemon owns, then exit")
     p.add_argument("--version", action="version", version=f"cnetd {__version__}")
@@ -98,6 +103,10 @@ def start(app: App, args: argparse.Namespace) -> None:
     reconcile(ctl)
     ensure_predefined(ctl)
     app.images = ImageStore(os.path.join(args.data_root, "images"), ctl.store)
+    app.containers = ContainerManager(
+        ctl, app.worker, app.images, app.volumes, PortPublisher(None),
+        data_root=args.data_root, exec_root=args.exec_root, dns=args.dns)
+    app.containers.restore()
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
         "DataRoot": args.data_root,
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctl = worker.run(build, args)
         if args.cleanup:
-            errors = worker.run(cleanup, ctl)
+            errors = runtime_cleanup(args.exec_root, cgroup_parent(ctl.daemon_id))
+            errors += worker.run(cleanup, ctl)
             for e in errors:
                 print(f"cnetd: cleanup: {e}", file=sys.stderr)
             return 1 if errors else 0

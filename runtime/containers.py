@@ -346,7 +346,8 @@ class ContainerManager:
                               pids=host["PidsLimit"] or None)
         return build_spec(process=process, rootfs=p.rootfs, readonly=host["ReadonlyRootfs"],
                           hostname=cfg["Hostname"], netns=sb.key, mounts=mounts,
-                          resources=resources, cgroups_path=f"/cnet/{c['Id']}")
+                          resources=resources,
+                          cgroups_path=f"{cgroup_parent(self.ctl.daemon_id)}/{c['Id']}")
 
     # -- exit, restart -----------------------------------------------------------------------
     def _on_exit(self, cid: str) -> None:
@@ -502,6 +503,8 @@ class ContainerManager:
             if c["State"]["Running"]:
                 pid = _shim_pid(p.state) if shimclient.shim_alive(p.state) else None
                 if pid:
+                    if self.ports is not None:
+                        self.ports.restore(c["Id"], self._ipv4(c), c["Ports"])
                     self.monitor.watch(c["Id"], pid)
                     continue
                 self._on_exit(c["Id"])
@@ -514,6 +517,11 @@ class ContainerManager:
                     self.start(c["Id"])
                 except CnetError as exc:
                     log.warning("could not start %s: %s", c["Name"], exc)
+
+
+def cgroup_parent(daemon_id: str) -> str:
+    """Every container's cgroup sits under /cnet/<daemon-id> (one parent per daemon)."""
+    return f"/cnet/{daemon_id}"
 
 
 def _shim_pid(state_dir: str) -> int | None:

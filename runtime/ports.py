@@ -1,0 +1,127 @@
+"""Published ports: host port allocation and the container's DNAT entries.
+
+Docker's semantics: `-p [HOSTIP:][HOSTPORT:]PORT[/proto]`, `-P` publishes every
+exposed port on a free host port, a port taken on an address (or on all of
+them) is "already allocated", and everything is released when the container
+stops. The packets are nftables' business (cnet.ingress.ports).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+from cnet.cnm.errors import Conflict, InvalidParameter
+
+Binding = tuple[str, str, int]  # (proto, host ip or "", host port)
+
+
+def _local_port_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 49153, 60999
+
+
+class PortPublisher:
+    def __init__(self, ingress):
+        self.ingress = ingress  # cnet.ingress.ports.PortRules (or None: no firewall)
+        self._lock = threading.Lock()
+        self._taken: dict[Binding, str] = {}  # -> container id
+        self._by_container: dict[str, list[tuple[Binding, str, int]]] = {}
+
+    @staticmethod
+    def validate(port_bindings: dict) -> None:
+        for key, bindings in port_bindings.items():
+            port, _, proto = key.partition("/")
+            if not port.isdigit() or not 0 < int(port) < 65536 or proto not in ("tcp", "udp",
+                                                                                   ""):
+                raise InvalidParameter(f'invalid port "{key}"')
+            for b in bindings or []:
+                hp = b.get("HostPort") or ""
+                if hp and (not hp.isdigit() or not 0 < int(hp) < 65536):
+                    raise InvalidParameter(f'invalid host port "{hp}"')
+                if b.get("HostIp") and ":" in b["HostIp"]:
+                    raise InvalidParameter("publishing on IPv6 host addresses is not supported")
+
+    def _conflicts(self, proto: str, ip: str, port: int) -> bool:
+        if ip:
+            return (proto, ip, port) in self._taken or (proto, "", port) in self._taken
+        return any(p == proto and n == port for p, _, n in self._taken)
+
+    def _free_port(self, proto: str, ip: str) -> int:
+        lo, hi = _local_port_range()
+        start = lo + secrets.randbelow(hi - lo + 1)
+        for i in range(hi - lo + 1):
+            port = lo + (start - lo + i) % (hi - lo + 1)
+            if not self._conflicts(proto, ip, port):
+                return port
+        raise Conflict("no free host port left")
+
+    def publish(self, cid: str, container_ip: str | None, host_config: dict,
+                exposed: dict) -> dict:
+        """Allocate and program every binding; returns Docker's NetworkSettings.Ports."""
+        wanted: dict[str, list[dict]] = {k: list(v or []) for k, v in
+                                         (host_config.get("PortBindings") or {}).items()}
+        if host_config.get("PublishAllPorts"):
+            for key in exposed:
+                wanted.setdefault(key if "/" in key else key + "/tcp", [{"HostPort": ""}])
+        if not wanted:
+            return {}
+        if container_ip is None:
+            raise InvalidParameter("published ports need a bridge network with IPv4")
+        result: dict[str, list[dict]] = {}
+        with self._lock:
+            done: list[tuple[Binding, str, int]] = []
+            try:
+                for key, bindings in wanted.items():
+                    port, _, proto = key.partition("/")
+                    proto = proto or "tcp"
+                    for b in bindings:
+                        ip = b.get("HostIp") or ""
+                        hp = int(b["HostPort"]) if b.get("HostPort") else \
+                            self._free_port(proto, ip)
+                        if self._conflicts(proto, ip, hp):
+                            raise Conflict(f"Bind for {ip or '0.0.0.0'}:{hp} failed: port is "
+                                           "already allocated")
+                        binding = (proto, ip, hp)
+                        self._taken[binding] = cid
+                        done.append((binding, container_ip, int(port)))
+                        result.setdefault(key, []).append(
+                            {"HostIp": ip or "0.0.0.0", "HostPort": str(hp)})
+                self._by_container[cid] = done
+                if self.ingress is not None:
+                    self.ingress.add(done)
+            except BaseException:
+                for binding, _, _ in done:
+                    self._taken.pop(binding, None)
+                self._by_container.pop(cid, None)
+                raise
+        return result
+
+    def release(self, cid: str) -> None:
+        with self._lock:
+            done = self._by_container.pop(cid, [])
+            for binding, _, _ in done:
+                self._taken.pop(binding, None)
+            if done and self.ingress is not None:
+                self.ingress.remove(done)
+
+    def restore(self, cid: str, container_ip: str | None, ports: dict) -> None:
+        """After a daemon restart: take the running container's bindings back."""
+        if not ports or container_ip is None:
+            return
+        done = []
+        with self._lock:
+            for key, bindings in ports.items():
+                port, _, proto = key.partition("/")
+                for b in bindings or []:
+                    ip = "" if b["HostIp"] in ("", "0.0.0.0") else b["HostIp"]
+                    binding = (proto or "tcp", ip, int(b["HostPort"]))
+                    self._taken[binding] = cid
+                    done.append((binding, container_ip, int(port)))
+            self._by_container[cid] = done
+            if self.ingress is not None:
+                self.ingress.add(done)
