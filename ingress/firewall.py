@@ -8,17 +8,27 @@ or removing a network never rewrites another network's rules::
 
     table inet cnet {
       set bridges { type ifname; }                     # every cnet bridge
-      set masq4 { type ipv4_addr; flags interval; }    # subnets to masquerade
-      set masq6 { type ipv6_addr; flags interval; }
+      set masq { type ifname; }                        # bridges whose egress is SNATed
       map fwd_in  { type ifname : verdict; }           # iifname br -> jump net-<id>-out
       map fwd_out { type ifname : verdict; }           # oifname br -> jump net-<id>-in
       chain prerouting  { nat, dstnat }                # port publishing (later)
       chain output      { nat, -100 }                  # port publishing (later)
       chain forward     { filter, policy accept; iifname vmap @fwd_in; oifname vmap @fwd_out }
-      chain postrouting { nat, srcnat; ip saddr @masq4 oifname != @bridges masquerade; ... }
-      chain net-<id12>-out { ... }                     # see render_network
+      chain postrouting { nat, srcnat; iifname @masq oifname != @bridges masquerade }
+      chain net-<id12>-out { ... }                     # see render_chains
       chain net-<id12>-in  { ... }
     }
+
+Masquerade is keyed by the bridge a packet was forwarded in from, not by its source
+subnet: forwarded container traffic always enters through its network's bridge, one
+hash-set element covers IPv4 and IPv6 alike, and there is no interval set. That matters
+for cost, not only for tidiness: libnftables (1.0.6) fills its cache before every batch
+that adds or deletes an element or a rule, and that fill lists the elements of *every*
+interval set in the table (to check overlaps), whichever set the batch touches; with
+per-network subnets in an interval set every network create/rm paid for all the others.
+What still grows with the number of networks is outside our control: libnftables lists
+every chain before such a batch, and the kernel walks every chain at commit (and the
+jump graph when a verdict is added). `bench/nft_batch.py` measures each part.
 
 Port publishing (a later issue) goes in prerouting/output as
 ``ip daddr . meta l4proto . th dport vmap @...`` verdict maps; nothing here yet.
@@ -41,8 +51,7 @@ from typing import Any
 FAMILY = "inet"
 TABLE = "cnet"
 SET_BRIDGES = "bridges"
-SET_MASQ4 = "masq4"
-SET_MASQ6 = "masq6"
+SET_MASQ = "masq"
 MAP_FWD_IN = "fwd_in"
 MAP_FWD_OUT = "fwd_out"
 
@@ -65,7 +74,11 @@ class FirewallError(Exception):
 
 @dataclass(frozen=True)
 class NetworkRules:
-    """What the firewall needs to know about one network (validated on creation)."""
+    """What the firewall needs to know about one network (validated on creation).
+
+    The subnets are validated but the rules do not use them: isolation and masquerade
+    are keyed by the bridge (see the module docstring).
+    """
 
     id: str
     bridge: str
@@ -101,11 +114,6 @@ class NetworkRules:
     def masquerades(self) -> bool:
         return self.masquerade and not self.internal
 
-    def masq_subnets(self) -> list[IPNet]:
-        if not self.masquerades:
-            return []
-        return [_net(s) for s in (*self.subnets4, *self.subnets6)]
-
 
 def _net(cidr: str) -> IPNet:
     try:
@@ -133,10 +141,6 @@ def _verdict(v: str) -> dict:
     return {v: None}
 
 
-def _prefix(net: IPNet) -> dict:
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
-
-
 def _chain(name: str, **hook: Any) -> dict:
     return {"chain": {**_T, "name": name, **hook}}
 
@@ -145,12 +149,17 @@ def _base_chain(name: str, type_: str, hook: str, prio: int) -> Cmd:
     return {"add": _chain(name, type=type_, hook=hook, prio=prio, policy="accept")}
 
 
+def _jump(target: str) -> dict:
+    return {"jump": {"target": target}}
+
+
 def _elements(name: str, elems: list[Any]) -> dict:
     return {"element": {**_T, "name": name, "elem": elems}}
 
 
-def _masq_set(net: IPNet) -> str:
-    return SET_MASQ4 if net.version == 4 else SET_MASQ6
+def _absent(name: str, key: str) -> list[Cmd]:
+    """Make sure `key` is not in set `name`, whether it was or not (add, then delete)."""
+    return [{"add": _elements(name, [key])}, {"delete": _elements(name, [key])}]
 
 
 # --- rendering -----------------------------------------------------------------------
@@ -158,20 +167,10 @@ def _masq_set(net: IPNet) -> str:
 
 def render_base() -> list[Cmd]:
     """Table, shared sets/maps, base chains and their (fixed) rules."""
-    masq = [
-        _rule(
-            "postrouting",
-            _match({"payload": {"protocol": proto, "field": "saddr"}}, f"@{name}"),
-            _match(_meta("oifname"), f"@{SET_BRIDGES}", "!="),
-            {"masquerade": None},
-        )
-        for proto, name in (("ip", SET_MASQ4), ("ip6", SET_MASQ6))
-    ]
     return [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"set": {**_T, "name": SET_BRIDGES, "type": "ifname"}}},
-        {"add": {"set": {**_T, "name": SET_MASQ4, "type": "ipv4_addr", "flags": ["interval"]}}},
-        {"add": {"set": {**_T, "name": SET_MASQ6, "type": "ipv6_addr", "flags": ["interval"]}}},
+        {"add": {"set": {**_T, "name": SET_MASQ, "type": "ifname"}}},
         {"add": {"map": {**_T, "name": MAP_FWD_IN, "type": "ifname", "map": "verdict"}}},
         {"add": {"map": {**_T, "name": MAP_FWD_OUT, "type": "ifname", "map": "verdict"}}},
         _base_chain("prerouting", "nat", "prerouting", PRIO_DSTNAT),
@@ -180,12 +179,23 @@ def render_base() -> list[Cmd]:
         _base_chain("postrouting", "nat", "postrouting", PRIO_SRCNAT),
         _rule("forward", {"vmap": {"key": _meta("iifname"), "data": f"@{MAP_FWD_IN}"}}),
         _rule("forward", {"vmap": {"key": _meta("oifname"), "data": f"@{MAP_FWD_OUT}"}}),
-        *masq,
+        # Forwarded in from a masquerading network's bridge, leaving through anything
+        # but a cnet bridge (IPv4 and IPv6 alike).
+        _rule(
+            "postrouting",
+            _match(_meta("iifname"), f"@{SET_MASQ}"),
+            _match(_meta("oifname"), f"@{SET_BRIDGES}", "!="),
+            {"masquerade": None},
+        ),
     ]
 
 
 def render_chains(net: NetworkRules) -> list[Cmd]:
-    """The network's two chains; add+flush makes re-adding replace their rules."""
+    """The network's two chains; add+flush makes re-adding replace their rules.
+
+    (`flush chain` costs nothing measurable: unlike `add rule`/`add element` it needs no
+    libnftables cache, and the batch already has rules.)
+    """
     out, in_ = net.chain_out, net.chain_in
     oif = _meta("oifname")
     ct_ok = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
@@ -207,43 +217,27 @@ def render_chains(net: NetworkRules) -> list[Cmd]:
     return cmds
 
 
-def render_elements(
-    net: NetworkRules, masq: Iterable[IPNet] | None = None, op: str = "add"
-) -> list[Cmd]:
-    """The network's element in every shared set/map (`masq` overrides its subnets)."""
-    masq = net.masq_subnets() if masq is None else list(masq)
+def render_elements(net: NetworkRules) -> list[Cmd]:
+    """The network's element in every shared set/map.
+
+    A network that does not masquerade makes sure its bridge is *not* in `masq` (a
+    re-add may turn masquerade off; a bridge name may be reused).
+    """
     cmds: list[Cmd] = [
-        {op: _elements(SET_BRIDGES, [net.bridge])},
-        {op: _elements(MAP_FWD_IN, [[net.bridge, {"jump": {"target": net.chain_out}}]])},
-        {op: _elements(MAP_FWD_OUT, [[net.bridge, {"jump": {"target": net.chain_in}}]])},
+        {"add": _elements(SET_BRIDGES, [net.bridge])},
+        {"add": _elements(MAP_FWD_IN, [[net.bridge, _jump(net.chain_out)]])},
+        {"add": _elements(MAP_FWD_OUT, [[net.bridge, _jump(net.chain_in)]])},
     ]
-    for name in (SET_MASQ4, SET_MASQ6):
-        elems = [_prefix(n) for n in masq if _masq_set(n) == name]
-        if elems:
-            cmds.append({op: _elements(name, elems)})
+    if net.masquerades:
+        cmds.append({"add": _elements(SET_MASQ, [net.bridge])})
+    else:
+        cmds += _absent(SET_MASQ, net.bridge)
     return cmds
 
 
 def render_network(net: NetworkRules) -> list[Cmd]:
     """Everything add_network puts in the kernel, in dependency order."""
     return render_chains(net) + render_elements(net)
-
-
-def uncovered(subnets: Iterable[IPNet]) -> set[IPNet]:
-    """Subnets minus duplicates and those inside another (overlaps fail interval sets).
-
-    Adjacent subnets are kept apart: the kernel stores them as separate elements, so
-    each network can later delete exactly its own.
-    """
-    keep: set[IPNet] = set()
-    ordered = sorted(set(subnets), key=lambda n: (n.version, n.network_address, n.prefixlen))
-    last: IPNet | None = None
-    for n in ordered:
-        if last is not None and last.version == n.version and n.subnet_of(last):  # type: ignore[arg-type]
-            continue
-        keep.add(n)
-        last = n
-    return keep
 
 
 def _unique(networks: Iterable[NetworkRules]) -> list[NetworkRules]:
@@ -264,7 +258,6 @@ def _unique(networks: Iterable[NetworkRules]) -> list[NetworkRules]:
 def render_reset(networks: Iterable[NetworkRules]) -> list[Cmd]:
     """One batch replacing the whole table (whatever stale state it held)."""
     nets = _unique(networks)
-    keep = uncovered(s for n in nets for s in n.masq_subnets())
     cmds: list[Cmd] = [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
@@ -272,10 +265,16 @@ def render_reset(networks: Iterable[NetworkRules]) -> list[Cmd]:
     ]
     for net in nets:
         cmds += render_chains(net)
-    for net in nets:
-        mine = [s for s in net.masq_subnets() if s in keep]
-        keep.difference_update(mine)
-        cmds += render_elements(net, mine)
+    bridges = [n.bridge for n in nets]
+    masq = [n.bridge for n in nets if n.masquerades]
+    if bridges:  # the table is new: one command per set/map, no add-then-delete
+        cmds += [
+            {"add": _elements(SET_BRIDGES, bridges)},
+            {"add": _elements(MAP_FWD_IN, [[n.bridge, _jump(n.chain_out)] for n in nets])},
+            {"add": _elements(MAP_FWD_OUT, [[n.bridge, _jump(n.chain_in)] for n in nets])},
+        ]
+    if masq:
+        cmds.append({"add": _elements(SET_MASQ, masq)})
     return cmds
 
 
@@ -285,7 +284,7 @@ class Present:
 
     chains: set[str] = field(default_factory=set)
     bridges: set[str] = field(default_factory=set)
-    masq: set[IPNet] = field(default_factory=set)
+    masq: set[str] = field(default_factory=set)
     # map name -> {ifname: jump target or None}
     maps: dict[str, dict[str, str | None]] = field(
         default_factory=lambda: {MAP_FWD_IN: {}, MAP_FWD_OUT: {}}
@@ -300,11 +299,11 @@ class Present:
                 p.chains.add(obj["chain"]["name"])
             elif "set" in obj:
                 s = obj["set"]
-                elems = [_elem_value(e) for e in s.get("elem", [])]
+                elems = {e for e in map(_elem_value, s.get("elem", [])) if isinstance(e, str)}
                 if s["name"] == SET_BRIDGES:
-                    p.bridges.update(e for e in elems if isinstance(e, str))
-                elif s["name"] in (SET_MASQ4, SET_MASQ6):
-                    p.masq.update(n for n in map(_elem_net, elems) if n is not None)
+                    p.bridges.update(elems)
+                elif s["name"] == SET_MASQ:
+                    p.masq.update(elems)
             elif "map" in obj and obj["map"]["name"] in p.maps:
                 for key, verdict in obj["map"].get("elem", []):
                     target = verdict.get("jump", {}).get("target") if verdict else None
@@ -319,29 +318,23 @@ def _elem_value(e: Any) -> Any:
     return e
 
 
-def _elem_net(e: Any) -> IPNet | None:
-    try:
-        if isinstance(e, str):
-            return ipaddress.ip_network(e)
-        if isinstance(e, dict) and "prefix" in e:
-            return ipaddress.ip_network(f"{e['prefix']['addr']}/{e['prefix']['len']}")
-    except ValueError:
-        pass
-    return None  # ranges and anything else are not ours
-
-
 def render_removal(net: NetworkRules, present: Present | None = None) -> list[Cmd]:
     """Delete the network's elements, then its chains.
 
     Without `present`, assumes everything add_network made is there (a delete of a
-    missing element fails the whole batch). With `present`, deletes only what the
-    listing shows: map elements jumping to this network's chains (whatever their key,
-    else the chain delete fails), the bridge unless another network's chain claims it,
-    and its own masquerade subnets.
+    missing element fails the whole batch; only `masq` is cleared either way). With
+    `present`, deletes only what the listing shows: map elements jumping to this
+    network's chains (whatever their key, else the chain delete fails), and the bridge
+    in `bridges`/`masq` unless another network's chain claims it.
     """
     mine = {net.chain_out, net.chain_in}
     if present is None:
-        cmds = render_elements(net, op="delete")
+        cmds: list[Cmd] = [
+            {"delete": _elements(MAP_FWD_IN, [net.bridge])},
+            {"delete": _elements(MAP_FWD_OUT, [net.bridge])},
+            {"delete": _elements(SET_BRIDGES, [net.bridge])},
+            *_absent(SET_MASQ, net.bridge),
+        ]
     else:
         cmds = []
         for name, elems in present.maps.items():
@@ -349,14 +342,9 @@ def render_removal(net: NetworkRules, present: Present | None = None) -> list[Cm
             if keys:
                 cmds.append({"delete": _elements(name, keys)})
         claimed = any(present.maps[m].get(net.bridge) not in (None, *mine) for m in present.maps)
-        if net.bridge in present.bridges and not claimed:
-            cmds.append({"delete": _elements(SET_BRIDGES, [net.bridge])})
-        for name in (SET_MASQ4, SET_MASQ6):
-            elems = [
-                _prefix(n) for n in net.masq_subnets() if n in present.masq and _masq_set(n) == name
-            ]
-            if elems:
-                cmds.append({"delete": _elements(name, elems)})
+        for name, there in ((SET_BRIDGES, present.bridges), (SET_MASQ, present.masq)):
+            if net.bridge in there and not claimed:
+                cmds.append({"delete": _elements(name, [net.bridge])})
         mine &= present.chains
     for name in sorted(mine):
         cmds += [{"flush": _chain(name)}, {"delete": _chain(name)}]
@@ -403,11 +391,16 @@ class Firewall:
 
     def add_network(self, net: NetworkRules) -> None:
         """Add (or re-apply) one network; creates the base table if it is missing."""
+        cmds = render_network(net)
         with self._lock:
-            cmds = render_network(net)
-            if not self._base_known and self._list() is None:
-                cmds = render_base() + cmds
-            self._run(cmds)
+            try:
+                self._run(cmds)
+            except FirewallError as e:
+                # Optimistic: only a failed batch (which changed nothing) pays for a
+                # look at whether the table is there at all.
+                if self._base_known or not _is_missing(str(e)) or self._list() is not None:
+                    raise
+                self._run(render_base() + cmds)
             self._base_known = True
 
     def remove_network(self, net: NetworkRules) -> None:
@@ -420,6 +413,7 @@ class Firewall:
                 pass  # something is missing (the batch changed nothing): look first
             listing = self._list()
             if listing is None:
+                self._base_known = False
                 return
             cmds = render_removal(net, Present.parse(listing))
             if cmds:

@@ -8,7 +8,6 @@ are pure rendering checks and need no kernel.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
@@ -26,7 +25,6 @@ from cnet.ingress.firewall import (
     render_network,
     render_removal,
     render_reset,
-    uncovered,
 )
 
 T = TypeVar("T")
@@ -43,19 +41,21 @@ def _verbs(cmds: list[dict], verb: str, kind: str) -> list[dict]:
     return [c[verb][kind] for c in cmds if verb in c and kind in c[verb]]
 
 
-def test_reset_drops_nested_and_duplicate_subnets() -> None:
-    outer = NetworkRules("d4" * 32, "br-d", ("10.0.0.0/16",), (), False, True, True)
-    inner = NetworkRules("e5" * 32, "br-e", ("10.0.5.0/24", "10.1.0.0/24"), (), False, True, True)
-    cmds = render_reset([inner, outer, inner])
+def test_reset_masquerades_by_bridge() -> None:
+    no_masq = NetworkRules("d4" * 32, "br-d", ("10.0.0.0/16",), (), False, True, False)
+    cmds = render_reset([A, B, C, no_masq, A])
     assert cmds[0] == {"add": {"table": {"family": "inet", "name": "cnet"}}}
     assert cmds[1] == {"delete": {"table": {"family": "inet", "name": "cnet"}}}
-    masq = [e for el in _verbs(cmds, "add", "element") if el["name"] == "masq4" for e in el["elem"]]
-    assert sorted(f"{e['prefix']['addr']}/{e['prefix']['len']}" for e in masq) == [
-        "10.0.0.0/16",
-        "10.1.0.0/24",
-    ]
-    adjacent = [ipaddress.ip_network(s) for s in ("10.2.0.0/24", "10.2.1.0/24", "10.2.1.0/24")]
-    assert uncovered(adjacent) == set(adjacent)
+    elems = {el["name"]: el["elem"] for el in _verbs(cmds, "add", "element")}
+    assert elems["bridges"] == ["br-a", "br-b", "br-c", "br-d"]  # duplicates dropped
+    assert elems["masq"] == ["br-a", "br-b"]  # not internal C, not D (masquerade off)
+    assert not _verbs(cmds, "delete", "element")
+    # No interval set anywhere: libnftables lists every interval set's elements before
+    # any batch that adds or deletes an element (see bench/nft_batch.py).
+    assert not [s for s in _verbs(cmds, "add", "set") if "interval" in s.get("flags", [])]
+    masq_rules = [r for r in _verbs(cmds, "add", "rule") if r["chain"] == "postrouting"]
+    assert len(masq_rules) == 1  # IPv4 and IPv6 alike
+    assert "@masq" in json.dumps(masq_rules[0]) and '"masquerade"' in json.dumps(masq_rules[0])
 
 
 def test_reset_rejects_conflicts() -> None:
@@ -71,18 +71,34 @@ def test_internal_network_rules() -> None:
     in_ = [r["expr"] for r in rules if r["chain"] == C.chain_in]
     assert out[-1] == [{"drop": None}]
     assert not any("ct" in json.dumps(e) and "dnat" in json.dumps(e) for e in in_)
-    assert not [e for e in _verbs(render_network(C), "add", "element") if "masq" in e["name"]]
+    # No masquerade: the bridge is made absent from `masq` (add, then delete, in order).
+    masq = [
+        (verb, c[verb]["element"]["elem"])
+        for c in render_network(C)
+        for verb in c
+        if "element" in c[verb] and c[verb]["element"]["name"] == "masq"
+    ]
+    assert masq == [("add", ["br-c"]), ("delete", ["br-c"])]
+    masq = [c for c in render_network(A) if "masq" in json.dumps(c)]
+    assert masq == [
+        {"add": {"element": {"family": "inet", "table": "cnet", "name": "masq", "elem": ["br-a"]}}}
+    ]
 
 
 def test_removal_from_listing_deletes_only_what_is_there() -> None:
-    present = Present(chains={A.chain_in}, bridges={"br-a"})
+    present = Present(chains={A.chain_in}, bridges={"br-a"}, masq={"br-a"})
     present.maps["fwd_out"]["br-x"] = A.chain_in  # stray key still jumping to our chain
     cmds = render_removal(A, present)
     assert _verbs(cmds, "delete", "element") == [
         {"family": "inet", "table": "cnet", "name": "fwd_out", "elem": ["br-x"]},
         {"family": "inet", "table": "cnet", "name": "bridges", "elem": ["br-a"]},
+        {"family": "inet", "table": "cnet", "name": "masq", "elem": ["br-a"]},
     ]
     assert [c["name"] for c in _verbs(cmds, "delete", "chain")] == [A.chain_in]
+    # Another network's chain claims the bridge: its set elements stay.
+    present.maps["fwd_in"]["br-a"] = B.chain_out
+    names = [e["name"] for e in _verbs(render_removal(A, present), "delete", "element")]
+    assert names == ["fwd_out"]
 
 
 # --- kernel helpers ----------------------------------------------------------------
@@ -173,7 +189,7 @@ def test_reset_replaces_stale_state(netns: Callable[[], str]) -> None:
         ["br-a", {"jump": {"target": A.chain_out}}],
         ["br-b", {"jump": {"target": B.chain_out}}],
     ]
-    assert len(t["masq4"]) == 2 and len(t["masq6"]) == 1
+    assert sorted(t["masq"]) == ["br-a", "br-b"]
 
     fw(ns, "reset", [B])
     t = table(ns)
@@ -181,21 +197,26 @@ def test_reset_replaces_stale_state(netns: Callable[[], str]) -> None:
     assert t["chains"] == BASE_CHAINS | {B.chain_in, B.chain_out}
     assert t["bridges"] == ["br-b"]
     assert t["fwd_out"] == [["br-b", {"jump": {"target": B.chain_in}}]]
-    assert t["masq4"] == [{"prefix": {"addr": "10.99.2.0", "len": 24}}]
-    assert t["masq6"] == []
+    assert t["masq"] == ["br-b"]
 
 
 @pytest.mark.integration
 @kernel
 def test_add_remove_and_partial_state(netns: Callable[[], str]) -> None:
     ns = netns()
-    empty = {"bridges": [], "masq4": [], "masq6": [], "fwd_in": [], "fwd_out": []}
+    empty = {"bridges": [], "masq": [], "fwd_in": [], "fwd_out": []}
 
     fw(ns, "add_network", A)  # no reset first: the base table is created on demand
     fw(ns, "add_network", A)  # re-adding is idempotent (chains flushed, elements equal)
     t = table(ns)
     assert t is not None and A.chain_out in t["chains"] and t["bridges"] == ["br-a"]
-    fw(ns, "remove_network", A)
+    assert t["masq"] == ["br-a"]
+    no_masq = NetworkRules(A.id, A.bridge, A.subnets4, A.subnets6, False, False, False)
+    fw(ns, "add_network", no_masq)  # re-adding with masquerade off takes it away
+    t = table(ns)
+    assert t is not None and t["masq"] == [] and t["bridges"] == ["br-a"]
+    fw(ns, "add_network", A)
+    fw(ns, "remove_network", no_masq)  # removal clears `masq` whatever the flag says
     t = table(ns)
     assert t is not None
     assert t["chains"] == BASE_CHAINS
@@ -203,7 +224,7 @@ def test_add_remove_and_partial_state(netns: Callable[[], str]) -> None:
 
     # A half-removed network (element and chain already gone) still removes cleanly.
     fw(ns, "add_network", B)
-    nsx(ns, "nft", "delete", "element", "inet", "cnet", "masq4", "{ 10.99.2.0/24 }")
+    nsx(ns, "nft", "delete", "element", "inet", "cnet", "masq", '{ "br-b" }')
     nsx(ns, "nft", "delete", "element", "inet", "cnet", "fwd_in", '{ "br-b" }')
     nsx(ns, "nft", "delete", "chain", "inet", "cnet", B.chain_out)
     fw(ns, "remove_network", B)
@@ -225,6 +246,9 @@ def test_add_remove_and_partial_state(netns: Callable[[], str]) -> None:
 
 def ping(ns: str, addr: str) -> bool:
     return nsx(ns, "ping", "-n", "-q", "-c1", "-W1", addr, check=False).returncode == 0
+
+
+OUTSIDE6 = "fd00:192:0:2::2"
 
 
 def _sandbox(host: str, sandbox: str, bridge: str, addr: str, gw: str) -> None:
@@ -254,13 +278,15 @@ def _sandbox(host: str, sandbox: str, bridge: str, addr: str, gw: str) -> None:
 def topology(netns: Callable[[], str]) -> dict[str, str]:
     """host ns with br-a/br-b/br-c, one sandbox on each, an outside ns with no way back.
 
-    Subnets: br-a 10.99.1.0/24, br-b 10.99.2.0/24, br-c 10.99.3.0/24 (internal);
-    host-outside link 192.0.2.0/24. The outside namespace has no route to 10.99.0.0/16,
-    so only masqueraded traffic can be answered.
+    Subnets: br-a 10.99.1.0/24 and fd00:99:1::/64, br-b 10.99.2.0/24, br-c 10.99.3.0/24
+    (internal); host-outside link 192.0.2.0/24 and fd00:192:0:2::/64. The outside
+    namespace has no route to either sandbox subnet, so only masqueraded traffic can be
+    answered.
     """
     host, out = netns(), netns()
     nodes = {"host": host, "outside": out}
     nsx(host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    nsx(host, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
     for name, net in (("a", 1), ("b", 2), ("c", 3)):
         br = f"br-{name}"
         sh("ip", "-n", host, "link", "add", br, "type", "bridge")
@@ -287,6 +313,15 @@ def topology(netns: Callable[[], str]) -> dict[str, str]:
     sh("ip", "-n", host, "link", "set", "uplink", "up")
     sh("ip", "-n", out, "addr", "add", "192.0.2.2/24", "dev", "eth0")
     sh("ip", "-n", out, "link", "set", "eth0", "up")
+    # IPv6 on br-a only (nodad: usable at once).
+    for ns, dev, addr in (
+        (host, "br-a", "fd00:99:1::1/64"),
+        (nodes["a"], "eth0", "fd00:99:1::2/64"),
+        (host, "uplink", "fd00:192:0:2::1/64"),
+        (out, "eth0", f"{OUTSIDE6}/64"),
+    ):
+        sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, "nodad")
+    sh("ip", "-n", nodes["a"], "-6", "route", "add", "default", "via", "fd00:99:1::1")
     return nodes
 
 
@@ -296,18 +331,27 @@ def test_packets(topology: dict[str, str]) -> None:
     n = topology
     assert ping(n["a"], "10.99.2.2") and ping(n["b"], "10.99.1.2")  # plain routing
     assert not ping(n["a"], "192.0.2.2")  # outside cannot answer un-NATed traffic
+    assert ping(n["a"], "fd00:99:1::1") and not ping(n["a"], OUTSIDE6)
 
     fw(n["host"], "reset", [A, B, C])
     assert not ping(n["a"], "10.99.2.2"), "inter-network traffic must be dropped"
     assert not ping(n["b"], "10.99.1.2"), "inter-network traffic must be dropped"
     assert ping(n["a"], "10.99.1.1"), "the gateway (host input) stays reachable"
     assert ping(n["a"], "192.0.2.2"), "egress is masqueraded"
+    assert ping(n["a"], OUTSIDE6), "IPv6 egress is masqueraded"
     assert ping(n["b"], "192.0.2.2"), "egress is masqueraded"
     assert ping(n["c"], "10.99.3.1"), "an internal network still reaches its gateway"
     assert not ping(n["c"], "192.0.2.2"), "an internal network must not leave"
 
-    no_masq = NetworkRules(A.id, A.bridge, A.subnets4, (), False, True, False)
+    no_masq = NetworkRules(A.id, A.bridge, A.subnets4, A.subnets6, False, True, False)
     fw(n["host"], "remove_network", A)
     fw(n["host"], "add_network", no_masq)
     assert not ping(n["a"], "192.0.2.2"), "without masquerade outside cannot answer"
+    assert not ping(n["a"], OUTSIDE6), "without masquerade outside cannot answer"
     assert ping(n["b"], "192.0.2.2")
+    assert not ping(n["a"], "10.99.2.2"), "re-added: still isolated"
+
+    fw(n["host"], "add_network", A)  # re-add with masquerade on, then off again
+    assert ping(n["a"], "192.0.2.2") and ping(n["a"], OUTSIDE6)
+    fw(n["host"], "add_network", no_masq)
+    assert not ping(n["a"], "192.0.2.2"), "re-added without masquerade: no SNAT"
