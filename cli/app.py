@@ -19,6 +19,7 @@ COMMANDS = {
     "network": ("cnet.cli.network:network", "Manage networks."),
     "sandbox": ("cnet.cli.sandbox:sandbox", "Manage sandboxes (network namespaces)."),
     "image": ("cnet.cli.image:image", "Manage images."),
+    "volume": ("cnet.cli.volume:volume", "Manage volumes."),
     "container": ("cnet.cli.container:container", "Manage containers."),
     "run": ("cnet.cli.container:run", "Create and run a new container from an image."),
     "create": ("cnet.cli.container:create", "Create a new container."),

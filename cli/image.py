@@ -14,6 +14,7 @@ from cnet.cli.common import (
     exit_on_errors,
     format_option,
     human_duration,
+    human_size,
     no_trunc_option,
     print_json,
     print_table,
@@ -36,16 +37,6 @@ def _path(name: str, *rest: str) -> str:
 
 def _bare(image_id: str) -> str:
     return image_id.split(":", 1)[-1]
-
-
-def human_size(size: float) -> str:
-    """docker's units.HumanSizeWithPrecision(size, 3): decimal units, 3 digits."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB")
-    i = 0
-    while size >= 1000 and i < len(units) - 1:
-        size /= 1000
-        i += 1
-    return f"{size:.3g}{units[i]}"
 
 
 @image.command("import")

@@ -29,6 +29,7 @@ from cnet.runtime.cleanup import runtime_cleanup
 from cnet.runtime.containers import ContainerManager, cgroup_parent
 from cnet.runtime.images import ImageStore
 from cnet.runtime.ports import PortPublisher
+from cnet.runtime.volumes import VolumeStore
 
 from cnet import __version__
 
@@ -103,6 +104,7 @@ def start(app: App, args: argparse.Namespace) -> None:
     reconcile(ctl)
     ensure_predefined(ctl)
     app.images = ImageStore(os.path.join(args.data_root, "images"), ctl.store)
+    app.volumes = VolumeStore(os.path.join(args.data_root, "volumes"), ctl.store)
     app.containers = ContainerManager(
         ctl, app.worker, app.images, app.volumes, PortPublisher(None),
         data_root=args.data_root, exec_root=args.exec_root, dns=args.dns)
