@@ -106,7 +106,7 @@ def start(app: App, args: argparse.Namespace) -> None:
     app.images = ImageStore(os.path.join(args.data_root, "images"), ctl.store)
     app.volumes = VolumeStore(os.path.join(args.data_root, "volumes"), ctl.store)
     app.containers = ContainerManager(
-        ctl, app.worker, app.images, app.volumes, PortPublisher(None),
+        ctl, app.worker, app.images, app.volumes, PortPublisher(ctl.firewall),
         data_root=args.data_root, exec_root=args.exec_root, dns=args.dns)
     app.containers.restore()
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())

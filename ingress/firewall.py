@@ -54,6 +54,8 @@ SET_BRIDGES = "bridges"
 SET_MASQ = "masq"
 MAP_FWD_IN = "fwd_in"
 MAP_FWD_OUT = "fwd_out"
+MAP_PUB_ANY = "pub_any"  # l4proto . port -> container ip . port (all host addresses)
+MAP_PUB_IP = "pub_ip"  # host ip . l4proto . port -> container ip . port
 
 # Numeric chain priorities: libnftables 1.0.6's JSON parser takes integers only.
 PRIO_FILTER = 0
@@ -177,6 +179,7 @@ def render_base() -> list[Cmd]:
         _base_chain("output", "nat", "output", PRIO_DSTNAT),
         _base_chain("forward", "filter", "forward", PRIO_FILTER),
         _base_chain("postrouting", "nat", "postrouting", PRIO_SRCNAT),
+        *render_publishing(),
         _rule("forward", {"vmap": {"key": _meta("iifname"), "data": f"@{MAP_FWD_IN}"}}),
         _rule("forward", {"vmap": {"key": _meta("oifname"), "data": f"@{MAP_FWD_OUT}"}}),
         # Forwarded in from a masquerading network's bridge, leaving through anything
@@ -188,6 +191,80 @@ def render_base() -> list[Cmd]:
             {"masquerade": None},
         ),
     ]
+
+
+_L4PROTO = _meta("l4proto")
+_DPORT = {"payload": {"protocol": "th", "field": "dport"}}
+_IPV4 = _match(_meta("nfproto"), "ipv4")
+
+
+def render_publishing() -> list[Cmd]:
+    """Published ports (kube-proxy style: one verdict-map lookup per packet, whatever the
+    number of ports; each binding jumps to its own one-rule DNAT chain).
+
+    DNAT in prerouting (from outside and from containers) and in output (from the
+    host itself, 127.0.0.1 included); masquerade hairpin traffic (a container to a
+    port published on its own bridge) and loopback-sourced traffic, so that replies
+    come back through the host. Forwarding of DNAT'd packets into a bridge is
+    accepted by the network's `-in` chain (`ct status dnat`). libnftables 1.0.6
+    crashes on NAT with concatenated map data, hence chains rather than a dnat map.
+    """
+    pub_maps = [
+        {"add": {"map": {**_T, "name": MAP_PUB_ANY, "type": ["inet_proto", "inet_service"],
+                         "map": "verdict"}}},
+        {"add": {"map": {**_T, "name": MAP_PUB_IP,
+                         "type": ["ipv4_addr", "inet_proto", "inet_service"],
+                         "map": "verdict"}}},
+    ]
+    local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
+    rules = []
+    for chain in ("prerouting", "output"):
+        rules.append(_rule(chain, _IPV4, local, {"vmap": {
+            "key": {"concat": [_L4PROTO, _DPORT]}, "data": f"@{MAP_PUB_ANY}"}}))
+        rules.append(_rule(chain, _IPV4, {"vmap": {
+            "key": {"concat": [daddr, _L4PROTO, _DPORT]}, "data": f"@{MAP_PUB_IP}"}}))
+    rules.append(_rule(
+        "postrouting", _match({"ct": {"key": "status"}}, "dnat", "in"),
+        _match(_meta("iifname"), f"@{SET_BRIDGES}"),
+        _match(_meta("oifname"), f"@{SET_BRIDGES}"), {"masquerade": None}))
+    rules.append(_rule(
+        "postrouting",
+        _match({"payload": {"protocol": "ip", "field": "saddr"}},
+               {"prefix": {"addr": "127.0.0.0", "len": 8}}),
+        _match(_meta("oifname"), f"@{SET_BRIDGES}"), {"masquerade": None}))
+    return pub_maps + rules
+
+
+PortEntry = tuple[tuple[str, str, int], str, int]  # ((proto, host ip or "", port), ip, port)
+
+
+def _pub_chain(proto: str, host_ip: str, port: int) -> str:
+    return f"pub-{proto}-{host_ip or 'any'}-{port}"
+
+
+def render_ports(op: str, entries: list[PortEntry]) -> list[Cmd]:
+    """`add` or `delete` published ports: per binding a DNAT chain and one map element."""
+    cmds: list[Cmd] = []
+    for (proto, host_ip, host_port), cip, cport in entries:
+        chain = _pub_chain(proto, host_ip, host_port)
+        if host_ip:
+            elem = _elements(MAP_PUB_IP, [[{"concat": [host_ip, proto, host_port]},
+                                            _jump(chain)]])
+        else:
+            elem = _elements(MAP_PUB_ANY, [[{"concat": [proto, host_port]}, _jump(chain)]])
+        if op == "add":
+            cmds += [
+                {"add": _chain(chain)},
+                {"flush": _chain(chain)},
+                _rule(chain, _match(_L4PROTO, proto),
+                      {"dnat": {"family": "ip", "addr": cip, "port": cport}}),
+                {"add": elem},
+            ]
+        else:
+            elem["element"]["elem"][0] = elem["element"]["elem"][0][0]  # delete by key
+            cmds += [{"delete": elem}, {"delete": _chain(chain)}]
+    return cmds
 
 
 def render_chains(net: NetworkRules) -> list[Cmd]:
@@ -418,6 +495,23 @@ class Firewall:
             cmds = render_removal(net, Present.parse(listing))
             if cmds:
                 self._run(cmds)
+
+    def publish(self, entries: list[PortEntry]) -> None:
+        """Add published ports (one batch)."""
+        with self._lock:
+            self._run(render_ports("add", entries))
+
+    def unpublish(self, entries: list[PortEntry]) -> None:
+        """Remove published ports (one batch); entries already gone are not an error."""
+        with self._lock:
+            try:
+                self._run(render_ports("delete", entries))
+            except FirewallError:
+                for entry in entries:  # some were missing: remove the rest one by one
+                    try:
+                        self._run(render_ports("delete", [entry]))
+                    except FirewallError:
+                        pass
 
     def delete_table(self) -> None:
         """Delete the whole table; no error when it does not exist."""

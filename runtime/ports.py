@@ -27,7 +27,7 @@ def _local_port_range() -> tuple[int, int]:
 
 class PortPublisher:
     def __init__(self, ingress):
-        self.ingress = ingress  # cnet.ingress.ports.PortRules (or None: no firewall)
+        self.ingress = ingress  # cnet.ingress.firewall.Firewall (publish/unpublish), or None
         self._lock = threading.Lock()
         self._taken: dict[Binding, str] = {}  # -> container id
         self._by_container: dict[str, list[tuple[Binding, str, int]]] = {}
@@ -93,7 +93,7 @@ class PortPublisher:
                             {"HostIp": ip or "0.0.0.0", "HostPort": str(hp)})
                 self._by_container[cid] = done
                 if self.ingress is not None:
-                    self.ingress.add(done)
+                    self.ingress.publish(done)
             except BaseException:
                 for binding, _, _ in done:
                     self._taken.pop(binding, None)
@@ -107,7 +107,7 @@ class PortPublisher:
             for binding, _, _ in done:
                 self._taken.pop(binding, None)
             if done and self.ingress is not None:
-                self.ingress.remove(done)
+                self.ingress.unpublish(done)
 
     def restore(self, cid: str, container_ip: str | None, ports: dict) -> None:
         """After a daemon restart: take the running container's bindings back."""
@@ -124,4 +124,4 @@ class PortPublisher:
                     done.append((binding, container_ip, int(port)))
             self._by_container[cid] = done
             if self.ingress is not None:
-                self.ingress.add(done)
+                self.ingress.publish(done)

@@ -81,6 +81,10 @@ class Kernel:
                 nl.delete_default_route(v6)
 
     # -- daemon namespace ---------------------------------------------------------------
+    def allow_localnet(self, ifname: str) -> None:
+        """Let DNAT'd 127.0.0.1 traffic (published ports) leave through `ifname`."""
+        sysctl.write_conf("ipv4", ifname, "route_localnet", "1")
+
     def enable_forwarding(self, ipv6: bool) -> None:
         sysctl.ensure("net.ipv4.ip_forward", "1")
         if ipv6:

@@ -18,6 +18,12 @@ def write(name: str, value: str, netns: str | None = None) -> None:
         f.write(value)
 
 
+def write_conf(family: str, ifname: str, key: str, value: str) -> None:
+    """net.<family>.conf.<ifname>.<key> in the caller's namespace (ifname may hold dots)."""
+    with open(f"/proc/sys/net/{family}/conf/{ifname}/{key}", "w") as f:
+        f.write(value)
+
+
 def read(name: str) -> str:
     with open(_path(name)) as f:
         return f.read().strip()

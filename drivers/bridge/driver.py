@@ -69,6 +69,7 @@ class BridgeDriver(Driver):
             for pool in network.pools:
                 prefix = pool.subnet.split("/")[1]
                 host.add_address(idx, f"{pool.gateway}/{prefix}")
+            self.kernel.allow_localnet(name)
             host.set_up(idx)
         except BaseException:
             host.delete_link(name)
