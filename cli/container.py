@@ -144,13 +144,19 @@ def _create(o: dict[str, Any]) -> str:
         fail(str(exc), 125)
 
 
-def _start(cid: str) -> None:
+def _start(cid: str, remove_on_failure: bool = False) -> None:
+    """Start; with `remove_on_failure` (run) a container that cannot start is not kept."""
     from cnet.cli.client import APIError
 
     try:
         client().post(_path(cid, "start"))
     except APIError as exc:
         msg = str(exc)
+        if remove_on_failure:
+            try:
+                client().delete(_path(cid), query={"force": "1"})
+            except APIError:
+                pass
         fail(msg, 127 if "not found" in msg else 126 if "permission" in msg else 125)
 
 
@@ -160,7 +166,7 @@ def _start(cid: str) -> None:
 def run(detach: bool, **o: Any) -> None:
     """Create and run a new container from an image."""
     cid = _create(o)
-    _start(cid)
+    _start(cid, remove_on_failure=True)
     if detach:
         click.echo(cid)
         return

@@ -104,7 +104,7 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
         "Path": (c["Config"]["Entrypoint"] + c["Config"]["Cmd"])[:1][0],
         "Args": (c["Config"]["Entrypoint"] + c["Config"]["Cmd"])[1:],
         "State": dict(c["State"]),
-        "Image": "sha256:" + c["Image"],
+        "Image": c["Image"],
         "RestartCount": c["RestartCount"],
         "Config": dict(c["Config"]),
         "HostConfig": dict(c["HostConfig"]),

@@ -108,10 +108,10 @@ class ContainerManager:
         return Paths(self.data_root, self.exec_root, c["Id"])
 
     def _image_users(self, image_id: str) -> list[str]:
-        return [c["Name"] for c in self.containers.values() if c["Image"] == image_id]
+        return [c["Name"] for c in list(self.containers.values()) if c["Image"] == image_id]
 
     def _volume_users(self, name: str) -> list[str]:
-        return [c["Name"] for c in self.containers.values()
+        return [c["Name"] for c in list(self.containers.values())
                 if any(m["Type"] == "volume" and m["Source"] == name
                        for m in c["HostConfig"]["Mounts"])]
 
@@ -413,7 +413,8 @@ class ContainerManager:
         if not c["State"]["Running"]:
             raise Conflict(f"Container {c['Id'][:12]} is not running")
         res = self._runc("kill", c["Id"], str(signo))
-        if res.returncode != 0 and "not running" not in res.stderr:
+        if res.returncode != 0 and not any(
+                s in res.stderr for s in ("not running", "does not exist", "no such process")):
             raise CnetError(f"kill failed: {res.stderr.strip()}")
         return c
 
