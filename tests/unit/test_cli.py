@@ -925,8 +925,11 @@ def test_help_lists_commands_without_importing_them() -> None:
         check=True,
         timeout=30,
     ).stdout
-    assert "network  Manage networks." in out
-    assert "sandbox  Manage sandboxes" in out
+    import re
+
+    assert re.search(r"^\s+network\s+Manage networks\.", out, re.M)
+    assert re.search(r"^\s+sandbox\s+Manage sandboxes", out, re.M)
+    assert re.search(r"^\s+run\s+Create and run a new container", out, re.M)
     assert out.splitlines()[-1] == str(
         [f"cnet.cli.{m}" for m in ("app", "common", "fastpath", "lazy", "main", "shared")]
     )
