@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # cnet walkthrough on a throwaway setup: a "host" network namespace with its own cnetd,
-# two sandboxes on a bridge network, a ping between them. The root namespace's
+# the Docker notes' walkthrough with real containers (a localnet bridge network, c1
+# running, c2 reaching it, a web server published on a host port and fetched from the
+# host), then the network layer alone (two sandboxes and a ping). The root namespace's
 # interfaces and firewall are never touched; an EXIT trap removes everything.
 set -euo pipefail
 
@@ -36,6 +38,7 @@ cleanup() {
     say "cleanup"
     if [[ -n "$DPID" ]] && kill -0 "$DPID" 2>/dev/null; then
         if ((STARTED)); then
+            run "$CNET" rm -f c1 c2 web 2>/dev/null
             run "$CNET" network disconnect localnet s1 2>/dev/null
             run "$CNET" network disconnect localnet s2 2>/dev/null
             run "$CNET" sandbox rm s1 2>/dev/null
@@ -95,8 +98,34 @@ done
 echo "cnetd is up (pid $DPID, log $TMP/cnetd.log); CNET_HOST=$CNET_HOST"
 STARTED=1
 
-say "a network and two sandboxes"
+say "an image: a busybox rootfs from Debian's busybox-static"
+run scripts/build-busybox-image.sh "$TMP/busybox.tar"
+run "$CNET" image import "$TMP/busybox.tar" busybox
+
+say "the walkthrough: a bridge network and c1 on it"
 run "$CNET" network create localnet
+run "$CNET" run -d --name c1 --network localnet busybox sleep 1d
+C1_IP=$("$CNET" inspect c1 | "$BIN/python" -c \
+    'import json,sys; print(json.load(sys.stdin)[0]["NetworkSettings"]["Networks"]["localnet"]["IPAddress"])')
+echo "c1 has $C1_IP"
+
+say "c2 on the same network reaches c1"
+run "$CNET" run --rm --name c2 --network localnet busybox ping -c 3 "$C1_IP"
+
+say "a web server published on host port 5001"
+run "$CNET" run -d --name web --network localnet -p 5001:80 busybox \
+    sh -c 'mkdir -p /www && echo "hello from the web container" > /www/index.html && exec httpd -f -p 80 -h /www'
+run "$CNET" ps
+run "$CNET" port web
+for _ in $(seq 50); do
+    nsenter --net="$NSPATH" curl -s -m 1 http://127.0.0.1:5001/ >/dev/null 2>&1 && break
+    sleep 0.1
+done
+say "fetched from the host (its loopback) — DNAT in nftables, no proxy process"
+run nsenter --net="$NSPATH" curl -s -m 2 http://127.0.0.1:5001/
+run "$CNET" rm -f c1 web
+
+say "the network layer alone: two sandboxes"
 run "$CNET" sandbox create s1
 run "$CNET" sandbox create s2
 run "$CNET" network connect localnet s1
