@@ -52,6 +52,7 @@ if [[ -f "$STAMP" ]]; then
 fi
 if [[ ! -f "$STAMP" || -n "$changed" ]]; then
     log "pip install '.[test]' (sources changed)"
+    rm -rf build  # setuptools' staging dir: stale copies of moved files would ship
     "$VENV/bin/pip" install --disable-pip-version-check -q '.[test]'
     "$VENV/bin/pip" install --disable-pip-version-check -q --no-deps --force-reinstall .
     touch "$STAMP"
