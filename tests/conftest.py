@@ -5,7 +5,9 @@ conftest, so pytest sets it up first and tears it down last among function fixtu
 it snapshots kernel/process state before the test and, after every other fixture's
 teardown, fails the test listing anything new that is ours — /run/netns/cnet-* entries,
 mounts whose path contains "cnet", cnetd processes, an nft table `cnet` or links with a
-`cnet:` alias in the root namespace — then removes it so later tests are not poisoned.
+`cnet:` alias in the root namespace, container shim processes of our exec roots, cgroups
+under /sys/fs/cgroup/*/cnet/<daemon-id> of our daemons — then removes it so later tests
+are not poisoned.
 How state is attributed when several test sessions share a machine: see harness.py
 ("leak check"); name your namespaces with harness.unique_name() / harness.Netns so
 they are provably yours.
@@ -65,7 +67,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 @pytest.fixture(autouse=True)
 def leak_check(request: pytest.FixtureRequest):
-    """Fail the test if it leaves namespaces, mounts, cnetd processes, nft or links behind."""
+    """Fail the test if it leaves namespaces, mounts, processes, nft, links or cgroups behind."""
     if request.node.get_closest_marker("no_leak_check"):
         yield
         return

@@ -495,6 +495,7 @@ class Daemon:
         self.returncodes: list[int] = []
         self._final_log: str | None = None
         self._closed = False
+        self.daemon_id: str | None = None
 
     # -- lifecycle --------------------------------------------------------
     @property
@@ -535,6 +536,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 self.stop()
             raise
+        self.daemon_id = read_daemon_id(self.data_root)
+        if self.daemon_id:
+            DAEMON_IDS.add(self.daemon_id)  # its cgroups (/cnet/<id>) are the session's
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
@@ -700,6 +704,24 @@ class Daemon:
         return f"Daemon({self.name!r}, sock={str(self.sock)!r}, pid={self.pid})"
 
 
+def read_daemon_id(data_root: str | Path) -> str | None:
+    """The daemon id cnetd keeps in its store (it names the cgroup parent /cnet/<id>)."""
+    import sqlite3
+
+    db = Path(data_root) / "cnet.db"
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute("SELECT value FROM kv WHERE key = 'daemon/identity'").fetchone()
+        finally:
+            con.close()
+        return json.loads(row[0])["id"] if row else None
+    except (sqlite3.Error, ValueError, KeyError, TypeError):
+        return None
+
+
 def _tmpdir_base() -> str:
     base = tempfile.gettempdir()
     # unix socket paths are limited to 108 bytes
@@ -749,8 +771,15 @@ def shutdown_daemon(daemon: Daemon) -> list[str]:
 #   Cleanup removes marked ones only (and anything under a namespace it deletes).
 # - A new `cnet` nft table or `cnet:` link alias in the root namespace is a leak and is
 #   removed, unless a cnetd that is not ours runs in that namespace (then: a warning).
+# - Container runtime: shim processes (`cnet.runtime.shim`) whose command line names one
+#   of our exec roots (marked paths), and cgroups /sys/fs/cgroup/*/cnet/<daemon-id>[/<id>]
+#   of daemons this session started (DAEMON_IDS): exact. Cleanup kills the shims and the
+#   processes left in those cgroups, then removes the cgroups.
 
 SESSIONS_DIR = Path("/run/cnet-test-sessions")
+#: daemon ids of the cnetd processes this session started (Daemon.start records them)
+DAEMON_IDS: set[str] = set()
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def register_session() -> None:
@@ -787,6 +816,8 @@ class Snapshot:
     nft_tables: set[str]  # "family name"
     links: dict[str, str]  # "ifindex:name" -> alias
     foreign_cnetd: bool = False  # a cnetd not ours was running (concurrent activity)
+    shims: dict[int, str] = field(default_factory=dict)  # pid -> cmdline (our exec roots)
+    cgroups: set[str] = field(default_factory=set)  # our daemons' cgroup directories
 
 
 def _ours(text: str) -> bool:
@@ -911,6 +942,51 @@ def _foreign_cnetd_here() -> list[int]:
     return out
 
 
+def _list_shims() -> dict[int, str]:
+    """Container shims (`python -m cnet.runtime.shim ...`) serving this session's daemons."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        argv = _proc_cmdline(int(d))
+        if "cnet.runtime.shim" not in argv:
+            continue
+        cmd = " ".join(argv)
+        if _marked(cmd) or _has_our_session(int(d)):
+            out[int(d)] = cmd
+    return out
+
+
+def _list_cgroups() -> set[str]:
+    """/sys/fs/cgroup/<controller>/cnet/<daemon-id> and the container cgroups below it."""
+    out: set[str] = set()
+    for did in DAEMON_IDS:
+        for top in CGROUP_ROOT.glob(f"*/cnet/{did}"):
+            out.add(str(top))
+            for dirpath, _, _ in os.walk(top):
+                out.add(dirpath)
+    return out
+
+
+def _remove_cgroup(path: str) -> None:
+    """Kill what runs in `path` (and below), then rmdir it deepest first."""
+    dirs = sorted((dp for dp, _, _ in os.walk(path)), key=len, reverse=True)
+    for dp in dirs:
+        with contextlib.suppress(OSError), open(os.path.join(dp, "cgroup.procs")) as f:
+            kill_pids(int(p) for p in f.read().split())
+    for dp in dirs:
+        for _ in range(50):
+            try:
+                os.rmdir(dp)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
+        else:
+            os.rmdir(dp)  # raise the error
+
+
 _nft_ctx = None
 
 
@@ -964,6 +1040,8 @@ def snapshot() -> Snapshot:
         nft_tables=_list_nft_tables(),
         links=_list_cnet_links(),
         foreign_cnetd=foreign,
+        shims=_list_shims(),
+        cgroups=_list_cgroups(),
     )
 
 
@@ -974,11 +1052,14 @@ class Leaks:
     cnetd: dict[int, str] = field(default_factory=dict)
     nft_tables: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
+    shims: dict[int, str] = field(default_factory=dict)
+    cgroups: list[str] = field(default_factory=list)
     #: new state not attributable to this test (concurrent activity): warn, don't fail
     ignored: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.netns or self.mounts or self.cnetd or self.nft_tables or self.links)
+        return bool(self.netns or self.mounts or self.cnetd or self.nft_tables or self.links
+                    or self.shims or self.cgroups)
 
     def describe(self) -> str:
         def keep(x: str) -> str:
@@ -991,6 +1072,8 @@ class Leaks:
         lines += [f"  nft table {t} (root netns)" for t in self.nft_tables]
         lines += [f"  link {k.split(':', 1)[1]} alias {a} (root netns)"
                   for k, a in self.links.items()]
+        lines += [f"  shim process pid={p}: {c}" for p, c in self.shims.items()]
+        lines += [f"  cgroup {c}" for c in self.cgroups]
         return "\n".join(lines)
 
 
@@ -1020,6 +1103,9 @@ def find_leaks(before: Snapshot, after: Snapshot | None = None,
     leaks.mounts = sorted(sort(new_mounts.elements(), "mount"))
     leaks.cnetd = {p: c for p, c in after.cnetd.items()
                    if p not in before.cnetd or before.cnetd[p] != c}
+    leaks.shims = {p: c for p, c in after.shims.items()
+                   if p not in before.shims or before.shims[p] != c}
+    leaks.cgroups = sorted(after.cgroups - before.cgroups)
     nft = sorted(after.nft_tables - before.nft_tables)
     links = {k: a for k, a in after.links.items() if k not in before.links}
     if nft or links:
@@ -1045,6 +1131,10 @@ def clean_leaks(leaks: Leaks) -> list[str]:
 
     # processes first: they may hold mounts and namespaces
     attempt("kill cnetd", kill_pids, list(leaks.cnetd))
+    attempt("kill shims", kill_pids, list(leaks.shims))
+    for cg in sorted(leaks.cgroups, key=len):  # a top first: it takes its children along
+        if os.path.isdir(cg):
+            attempt(f"cgroup {cg}", _remove_cgroup, cg)
     for n in leaks.netns:
         if _marked(n):
             attempt(f"netns {n}", netns_delete, n)
