@@ -120,26 +120,14 @@ class Client:
 
         if query:
             path += "?" + "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in query.items())
-        head = f"{method} {path} HTTP/1.1\r\nHost: cnet\r\nContent-Length: 0\r\n\r\n"
-        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        head = (f"{method} {path} HTTP/1.1\r\nHost: cnet\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n")
+        sock = self._connect()
         try:
-            try:
-                sock.connect(self.path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                raise DaemonUnreachable(self.host) from None
             sock.sendall(head.encode())
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ClientError("cnetd closed the connection without a response")
-                buf += chunk
-            status_line, _, buf = buf.partition(b"\r\n\r\n")
-            status = int(status_line.split(b" ", 2)[1])
+            status, _, headers, buf = _read_head(sock)
             if not 200 <= status < 300:
-                while chunk := sock.recv(65536):
-                    buf += chunk
-                text = _dechunk(buf).decode("utf-8", "replace")
+                text = _read_body(sock, headers, buf).decode("utf-8", "replace")
                 raise APIError(status, _error_message(text) or str(status))
             pending = b""
             while True:
@@ -166,19 +154,25 @@ class Client:
         finally:
             sock.close()
 
-    def _roundtrip(self, request: bytes) -> tuple[int, str, dict[str, str], bytes]:
+    def _connect(self) -> _socket.socket:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
         try:
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                raise DaemonUnreachable(self.host) from None
-            except PermissionError as exc:
-                raise ClientError(
-                    f"permission denied while trying to connect to cnetd at {self.host}: "
-                    f"{exc.strerror}"
-                ) from None
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise DaemonUnreachable(self.host) from None
+        except PermissionError as exc:
+            sock.close()
+            raise ClientError(
+                f"permission denied while trying to connect to cnetd at {self.host}: "
+                f"{exc.strerror}"
+            ) from None
+        return sock
+
+    def _roundtrip(self, request: bytes) -> tuple[int, str, dict[str, str], bytes]:
+        sock = self._connect()
+        try:
             try:
                 sock.sendall(request)
                 return _read_response(sock)
@@ -190,7 +184,8 @@ class Client:
             sock.close()
 
 
-def _read_response(sock: _socket.socket) -> tuple[int, str, dict[str, str], bytes]:
+def _read_head(sock: _socket.socket) -> tuple[int, str, dict[str, str], bytes]:
+    """Status, reason, headers (lower-case names) and what was read past the head."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
@@ -206,6 +201,16 @@ def _read_response(sock: _socket.socket) -> tuple[int, str, dict[str, str], byte
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, body
+
+
+def _read_response(sock: _socket.socket) -> tuple[int, str, dict[str, str], bytes]:
+    status, reason, headers, body = _read_head(sock)
+    return status, reason, headers, _read_body(sock, headers, body)
+
+
+def _read_body(sock: _socket.socket, headers: dict[str, str], body: bytes) -> bytes:
+    """The rest of a body: by Content-Length, else until close (chunked decoded)."""
     length = headers.get("content-length")
     if length is not None and length.isdigit():
         want = int(length)
@@ -220,7 +225,7 @@ def _read_response(sock: _socket.socket) -> tuple[int, str, dict[str, str], byte
             body += chunk
         if headers.get("transfer-encoding", "").lower() == "chunked":
             body = _dechunk(body)
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, body
+    return body
 
 
 def _dechunk(data: bytes) -> bytes:
