@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnet.cnm.errors import InvalidParameter
+from cnet.cnm.errors import InvalidParameter, NotFound
 from cnet.daemon.api import Request, route
 from cnet.daemon.app import App
 from cnet.daemon.views import endpoint_view, network_view, sandbox_view
@@ -87,17 +87,34 @@ def network_connect(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
     target = req.body.get("Container") or ""
     cfg = req.body.get("EndpointConfig") or {}
+    if _container(app, target):
+        app.containers.connect_network(target, req.params[0], cfg)
+        return 200, {}
     ipam = cfg.get("IPAMConfig") or {}
     ctl.connect(req.params[0], target, ipv4=ipam.get("IPv4Address") or None,
                 ipv6=ipam.get("IPv6Address") or None, aliases=cfg.get("Aliases") or [])
     return 200, {}
 
 
+def _container(app: App, target: str) -> bool:
+    """Is `target` a container (rather than a bare sandbox)?"""
+    if app.containers is None:
+        return False
+    try:
+        app.containers.get(target)
+        return True
+    except NotFound:
+        return False
+
+
 @route("POST", "/networks/([^/]+)/disconnect")
 def network_disconnect(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    ctl.disconnect(req.params[0], req.body.get("Container") or "",
-                   force=bool(req.body.get("Force")))
+    target = req.body.get("Container") or ""
+    if _container(app, target):
+        app.containers.disconnect_network(target, req.params[0])
+        return 200, {}
+    ctl.disconnect(req.params[0], target, force=bool(req.body.get("Force")))
     return 200, {}
 
 

@@ -83,6 +83,13 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
     for ep_id in sb.endpoints if sb else []:
         ep = ctl.endpoints[ep_id]
         networks[ctl.networks[ep.network_id].name] = endpoint_settings(ctl, ep)
+    for name, cfg in (c.get("Networks") or {}).items():  # configured, not attached (stopped)
+        if name not in networks:
+            net = next((n for n in ctl.networks.values() if n.name == name), None)
+            networks[name] = {"NetworkID": net.id if net else "", "EndpointID": "",
+                              "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                              "MacAddress": "", "Aliases": list((cfg or {}).get("Aliases")
+                                                                 or [])}
     ports = c.get("Ports") or {}
     if summary:
         return {

@@ -223,18 +223,11 @@ class ContainerManager:
                 if m["Type"] == "volume" and not self._volume_exists(m["Source"]):
                     self.volumes.create(m["Source"])
                     undo.push(self.volumes.remove, m["Source"])
+            for net in endpoints:
+                if self.ctl.network(net).driver == "host":
+                    raise InvalidParameter("--network host is not supported yet")
             sb = self.ctl.create_sandbox(name, {"cnet.container": cid}, sandbox_id=cid)
             undo.push(self.ctl.delete_sandbox, sb.id, True)
-            for net, cfg in endpoints.items():
-                ipam = (cfg or {}).get("IPAMConfig") or {}
-                netobj = self.ctl.network(net)
-                if netobj.driver == "null":
-                    continue
-                if netobj.driver == "host":
-                    raise InvalidParameter("--network host is not supported yet")
-                self.ctl.connect(net, sb.id, ipv4=ipam.get("IPv4Address") or None,
-                                 ipv6=ipam.get("IPv6Address") or None,
-                                 aliases=(cfg or {}).get("Aliases") or [])
             self._save(c)
         self.containers[cid] = c
         return c
@@ -283,6 +276,8 @@ class ContainerManager:
         p = self.paths(c)
         sb = self.ctl.sandbox(c["Id"])
         with Undo() as undo:
+            for net, cfg in c["Networks"].items():
+                self._connect(c, net, cfg, undo)
             image = self.images.resolve(c["Image"])
             rootfs.mount(self.images.layer_dirs(image), p.layer, p.rootfs)
             undo.push(rootfs.unmount, p.rootfs)
@@ -390,6 +385,50 @@ class ContainerManager:
 
         self.worker.submit(run)
 
+    # -- networks (attached while running, like Docker: a stopped container is off the net)
+    def _connect(self, c: dict, net: str, cfg: dict | None, undo: Undo | None = None) -> None:
+        netobj = self.ctl.network(net)
+        if netobj.driver == "null":
+            return
+        ipam = (cfg or {}).get("IPAMConfig") or {}
+        self.ctl.connect(net, c["Id"], ipv4=ipam.get("IPv4Address") or None,
+                         ipv6=ipam.get("IPv6Address") or None,
+                         aliases=(cfg or {}).get("Aliases") or [])
+        if undo is not None:
+            undo.push(self.ctl.disconnect, net, c["Id"])
+
+    def _disconnect_all(self, c: dict) -> None:
+        sb = self.ctl.sandboxes.get(c["Id"])
+        for ep_id in list(sb.endpoints if sb else []):
+            ep = self.ctl.endpoints[ep_id]
+            try:
+                self.ctl.disconnect(ep.network_id, c["Id"])
+            except CnetError:
+                log.exception("disconnecting %s", c["Name"])
+
+    def connect_network(self, ref: str, net: str, cfg: dict) -> dict:
+        """`network connect NET CONTAINER`: remembered, and attached now if running."""
+        c = self.get(ref)
+        name = self.ctl.network(net).name
+        if name in c["Networks"]:
+            raise Conflict(f"endpoint with name {c['Name']} already exists in network {name}")
+        if c["State"]["Running"]:
+            self._connect(c, name, cfg)
+        c["Networks"][name] = cfg
+        self._save(c)
+        return c
+
+    def disconnect_network(self, ref: str, net: str) -> dict:
+        c = self.get(ref)
+        name = self.ctl.network(net).name
+        if name not in c["Networks"]:
+            raise NotFound(f"container {c['Name']} is not connected to network {name}")
+        if c["State"]["Running"] and self.ctl.network(name).driver != "null":
+            self.ctl.disconnect(name, c["Id"])
+        del c["Networks"][name]
+        self._save(c)
+        return c
+
     def _release(self, c: dict, p: Paths) -> None:
         if self.ports is not None:
             try:
@@ -397,6 +436,7 @@ class ContainerManager:
             except Exception:
                 log.exception("unpublishing ports of %s", c["Name"])
         c["Ports"] = {}
+        self._disconnect_all(c)
         try:
             rootfs.unmount(p.rootfs)
         except OSError:

@@ -15,7 +15,6 @@ import subprocess
 import time
 
 import harness
-import pytest
 
 SLEEP = ("sleep", "600")
 #: exits 0 at once on SIGTERM (sh runs the trap after the current `sleep 0.1`)
@@ -136,9 +135,9 @@ def test_containers_ping_each_other_on_user_network_and_default_bridge(cdaemon):
     assert not harness.ping(f"/proc/{pid}/ns/net", ip["l2"])
 
 
-@pytest.mark.xfail(strict=True, reason="a stopped container keeps its sandbox: its netns "
-                   "and address stay up and answer (docker releases the sandbox on stop)")
 def test_stopped_container_is_off_the_network(cdaemon):
+    """Like Docker: networks are attached while a container runs; `network connect` of a
+    stopped container is remembered and attached at its next start."""
     d = cdaemon
     run_d(d, "a", "busybox", *SLEEP)
     run_d(d, "b", "busybox", *SLEEP)
@@ -147,6 +146,19 @@ def test_stopped_container_is_off_the_network(cdaemon):
     d.cli("kill", "b")
     wait_status(d, "b", "exited")
     assert d.cli("exec", "a", "ping", "-c", "1", "-W", "1", ip_b, check=False).returncode != 0
+    assert inspect(d, "b")["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == ""
+    d.cli("network", "create", "later")
+    d.cli("network", "connect", "later", "b")
+    d.cli("network", "connect", "later", "a")
+    d.cli("start", "b")
+    wait_status(d, "b", "running")
+    nets = inspect(d, "b")["NetworkSettings"]["Networks"]
+    assert set(nets) == {"bridge", "later"}
+    assert exec_ping(d, "a", nets["bridge"]["IPAddress"])
+    assert exec_ping(d, "a", nets["later"]["IPAddress"])
+    d.cli("network", "disconnect", "later", "a")
+    assert d.cli("exec", "a", "ping", "-c", "1", "-W", "1", nets["later"]["IPAddress"],
+                 check=False).returncode != 0
 
 
 def test_inspect_has_docker_fields_and_the_address_is_on_eth0(cdaemon):
