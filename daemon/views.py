@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from cnet.cnm.controller import Controller
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
@@ -120,12 +122,30 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
     }
 
 
+def _ago(ts: str) -> str:
+    """Docker's human duration of the time since `ts` (RFC 3339, UTC)."""
+    try:
+        then = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return ""
+    secs = int((datetime.now(UTC) - then).total_seconds())
+    if secs < 1:
+        return "Less than a second"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if secs >= size:
+            n = secs // size
+            if n == 1:
+                return f"About {'an' if unit == 'hour' else 'a'} {unit}"
+            return f"{n} {unit}s"
+    return f"{secs} second{'s' if secs > 1 else ''}"
+
+
 def _status_text(c: dict) -> str:
     st = c["State"]
     if st["Running"]:
-        return "Up"
+        return f"Up {_ago(st['StartedAt'])}"
     if st["Status"] == "restarting":
-        return f"Restarting ({st['ExitCode']})"
+        return f"Restarting ({st['ExitCode']}) {_ago(st['FinishedAt'])} ago"
     if st["Status"] == "created":
         return "Created"
-    return f"Exited ({st['ExitCode']})"
+    return f"Exited ({st['ExitCode']}) {_ago(st['FinishedAt'])} ago"
