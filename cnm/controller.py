@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from cnet.cnm import ids
 from cnet.cnm.driverapi import Driver, DriverContext
@@ -19,6 +18,7 @@ from cnet.cnm.ipam import Ipam
 from cnet.cnm.model import Endpoint, Network, Sandbox
 from cnet.cnm.osl.kernel import Kernel
 from cnet.cnm.store import Store, Txn
+from cnet.cnm.timefmt import now
 from cnet.cnm.undo import Undo
 from netaddr import IPAddress
 
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 
 PREDEFINED = (("bridge", "bridge"), ("host", "host"), ("none", "null"))
 NO_CONNECT = ("host", "null")
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def mac_for(ipv4_cidr: str | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from cnet.cnm import timefmt
 from cnet.cnm.controller import Controller
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
@@ -124,9 +125,8 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
 
 def _ago(ts: str) -> str:
     """Docker's human duration of the time since `ts` (RFC 3339, UTC)."""
-    try:
-        then = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
+    then = timefmt.parse(ts)
+    if then is None:
         return ""
     secs = int((datetime.now(UTC) - then).total_seconds())
     if secs < 1:

@@ -16,12 +16,13 @@ import shutil
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from cnet.cnm import ids
 from cnet.cnm.controller import Controller
 from cnet.cnm.errors import CnetError, Conflict, InvalidParameter, NotFound
+from cnet.cnm.timefmt import epoch as _epoch
+from cnet.cnm.timefmt import now
 from cnet.cnm.undo import Undo
 from cnet.runtime import etcfiles, restart, rootfs, shimclient
 from cnet.runtime.monitor import ShimMonitor
@@ -37,17 +38,6 @@ from cnet.runtime.spec import (
 log = logging.getLogger(__name__)
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
            "STOP": 19, "CONT": 18}
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _epoch(ts: str) -> float:
-    try:
-        return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-    except (ValueError, TypeError):
-        return 0.0
 
 
 def signal_number(sig: str | int | None) -> int:

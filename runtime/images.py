@@ -31,11 +31,12 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
 from cnet.cnm.store import Store, Txn
+from cnet.cnm.timefmt import now
 from cnet.cnm.undo import Undo
 from cnet.runtime.archives import ImageSource, machine_arch, open_archive, parse_config
 from cnet.runtime.layers import LayerError, extract_layer
@@ -109,10 +110,6 @@ def normalize(ref: str) -> str:
     """`name` -> `name:latest`, `docker.io/library/x:1` -> `x:1`."""
     name, tag = parse_reference(ref)
     return f"{name}:{tag}"
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def unix_time(created: str) -> int:
@@ -247,7 +244,7 @@ class ImageStore:
                     info = extract_layer(f, layer)
             except LayerError as exc:
                 raise LayerError(f"{path}: {exc}") from None
-            created = now_rfc3339()
+            created = now()
             config = {
                 "architecture": machine_arch(),
                 "os": "linux",
@@ -311,7 +308,7 @@ class ImageStore:
                     txn.puts[IMAGE_PREFIX + h] = other
             if tag not in rec["RepoTags"]:
                 rec["RepoTags"] = [*rec["RepoTags"], tag]
-                rec["LastTagTime"] = now_rfc3339()
+                rec["LastTagTime"] = now()
                 txn.puts[IMAGE_PREFIX + _hex(rec["Id"])] = rec
             if txn.puts:
                 self.store.commit(txn)
@@ -415,7 +412,7 @@ class ImageStore:
         return {
             "Id": src.id,
             "RepoTags": [],
-            "Created": created if isinstance(created, str) and created else now_rfc3339(),
+            "Created": created if isinstance(created, str) and created else now(),
             "Size": sum(sizes.get(d, 0) for d in dict.fromkeys(diff_ids)),
             "Layers": diff_ids,
             "Config": view,
