@@ -463,7 +463,7 @@ def _world(d: harness.Daemon) -> dict:
         "mounts": mounts,
         "runc": sorted(os.listdir(os.path.join(d.exec_root, "runc")))
         if os.path.isdir(os.path.join(d.exec_root, "runc")) else [],
-        "cgroups": sorted(glob.glob("/sys/fs/cgroup/memory/cnet/*/*")),
+        "cgroups": sorted(glob.glob(f"/sys/fs/cgroup/*/cnet/{d.daemon_id}/*")),
     }
 
 
