@@ -155,12 +155,13 @@ def _create(o: dict[str, Any]) -> str:
         fail(str(exc), 125)
 
 
-def _start(cid: str, remove_on_failure: bool = False) -> None:
-    """Start; with `remove_on_failure` (run) a container that cannot start is not kept."""
+def _start(cid: str, remove_on_failure: bool = False, hold: bool = False) -> None:
+    """Start; with `remove_on_failure` (run) a container that cannot start is not kept;
+    with `hold` its process waits until we attached (POST .../release)."""
     from cnet.cli.client import APIError
 
     try:
-        client().post(_path(cid, "start"))
+        client().post(_path(cid, "start"), query={"hold": "1"} if hold else None)
     except APIError as exc:
         msg = str(exc)
         if remove_on_failure:
@@ -177,12 +178,13 @@ def _start(cid: str, remove_on_failure: bool = False) -> None:
 def run(detach: bool, **o: Any) -> None:
     """Create and run a new container from an image."""
     cid = _create(o)
-    _start(cid, remove_on_failure=True)
+    attach = not detach and (o["tty"] or o["interactive"])
+    _start(cid, remove_on_failure=True, hold=attach)
     if detach:
         click.echo(cid)
         return
-    if o["tty"] or o["interactive"]:
-        _attach(cid, o["tty"])
+    if attach:
+        _attach(cid, o["tty"], release=True)
     else:
         _follow_logs(cid, follow=True)
     code = client().post(_path(cid, "wait"))["StatusCode"]
@@ -207,18 +209,24 @@ def _follow_logs(cid: str, follow: bool, tail: str = "all", timestamps: bool = F
         out.flush()
 
 
-def _attach(cid: str, tty: bool) -> None:
-    """Connect this terminal to the shim's attach socket until the container's output ends."""
+def _attach(cid: str, tty: bool, release: bool = False) -> None:
+    """Connect this terminal to the shim's attach socket until the container's output ends
+    (`release`: then let the held process run, so none of its output is missed)."""
     import select
     import socket
     import termios
     import tty as ttymod
 
+    from cnet.runtime.shimclient import connect_attach
+
     info = client().get(_path(cid, "attach-info"))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(info["AttachSocket"])
+        sock = connect_attach(os.path.dirname(info["AttachSocket"]))
     except OSError:
+        sock = None
+    if release:
+        client().post(_path(cid, "release"))
+    if sock is None:
         return  # already exited: its output is in the logs
     restore = None
     if tty and os.isatty(0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnet.cnm.errors import Conflict, InvalidParameter
+from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
 from cnet.daemon.api import Request, Stream, route
 from cnet.daemon.app import App
 from cnet.daemon.views import container_view
@@ -58,7 +58,14 @@ def container_start(app: App, req: Request) -> tuple[int, Any]:
     mgr = _mgr(app)
     if mgr.get(req.params[0])["State"]["Running"]:
         return 304, None
-    mgr.start(req.params[0])
+    mgr.start(req.params[0], hold=req.query.get("hold") in ("1", "true"))
+    return 204, None
+
+
+@route("POST", "/containers/([^/]+)/release")
+def container_release(app: App, req: Request) -> tuple[int, Any]:
+    """The attached client is ready: the held process may run (see start?hold=1)."""
+    _mgr(app).release(req.params[0])
     return 204, None
 
 
@@ -139,9 +146,12 @@ def container_inspect(app: App, req: Request) -> tuple[int, Any]:
 @route("POST", "/containers/([^/]+)/wait", worker=False)
 def container_wait(app: App, req: Request) -> tuple[int, Any]:
     mgr = _mgr(app)
-    if req.params[0] in mgr.last_exit:  # already exited and auto-removed (--rm)
-        return 200, {"StatusCode": mgr.last_exit[req.params[0]], "Error": None}
-    c = app.worker.run(mgr.get, req.params[0])
+    try:
+        c = app.worker.run(mgr.get, req.params[0])
+    except NotFound:
+        if req.params[0] in mgr.last_exit:  # already exited and auto-removed (--rm)
+            return 200, {"StatusCode": mgr.last_exit[req.params[0]], "Error": None}
+        raise
     mgr.wait_exit(c["Id"], None)
     if c["HostConfig"]["AutoRemove"]:
         mgr.wait_removed_or_exited(c["Id"])

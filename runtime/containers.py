@@ -256,7 +256,9 @@ class ContainerManager:
                 return name
 
     # -- start --------------------------------------------------------------------------
-    def start(self, ref: str, _restarting: bool = False) -> dict:
+    def start(self, ref: str, hold: bool = False) -> dict:
+        """Start a container; with `hold` its process is created but waits for
+        `release()` (so an attaching client misses none of its first output)."""
         c = self.get(ref)
         if c["State"]["Running"]:
             return c  # docker: starting a running container is a no-op
@@ -284,7 +286,7 @@ class ContainerManager:
                 started = shimclient.start_shim(
                     c["Id"], p.bundle, self.runc_root, p.state, p.log,
                     tty=c["Config"]["Tty"], stdin=c["Config"]["OpenStdin"],
-                    log_max_bytes=self.log_max_bytes)
+                    log_max_bytes=self.log_max_bytes, start=not hold)
             except shimclient.ShimError as exc:
                 self._set_state(c, Status="created" if not c["StartedBefore"] else "exited",
                                 Error=str(exc), ExitCode=127 if "not found" in str(exc)
@@ -296,6 +298,13 @@ class ContainerManager:
                         StartedAt=now(), Error="")
         self.monitor.watch(c["Id"], started["shim_pid"])
         return c
+
+    def release(self, ref: str) -> None:
+        """Let a held container's process run (runc start)."""
+        c = self.get(ref)
+        res = self._runc("start", c["Id"])
+        if res.returncode != 0:
+            raise CnetError(f"start failed: {res.stderr.strip()}")
 
     def _ipv4(self, c: dict) -> str | None:
         sb = self.ctl.sandbox(c["Id"])
