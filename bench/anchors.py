@@ -2,12 +2,13 @@
 
 - `Docker`: dockerd (Debian `docker.io`, 20.10) started inside a throwaway network
   namespace with its own data-root, exec-root, socket, config file and cgroup parent;
-  vfs storage, no default bridge (`--bridge=none`), iptables left on (it programs the
-  throwaway namespace only). A busybox image is imported from Debian's busybox-static.
-  On exit: containers and networks it made are removed, dockerd gets SIGTERM (its
-  process group SIGKILL after a timeout), any process left in its namespace or cgroups
-  or naming its temp dir is killed by pid, cgroups, temp dir, namespace and the
-  /etc/docker/key.json it writes are removed.
+  vfs storage (overlay2 on request), no default bridge (`--bridge=none`), iptables left
+  on (it programs the throwaway namespace only). A busybox image is imported from
+  Debian's busybox-static (or any rootfs tar, `import_tar`). On exit: containers and
+  networks it made are removed, dockerd gets SIGTERM (its process group SIGKILL after
+  a timeout), any process left in its namespace or cgroups or naming its temp dir is
+  killed by pid, cgroups, temp dir, namespace and the /etc/docker/key.json it writes
+  are removed.
 - `RootFirewallGuard`: snapshots the root namespace's nftables tables, legacy iptables
   tables and ip_forward before an anchor runs and puts back whatever changed.
 - `CniBridge`: the `bridge` plugin with `host-local` IPAM, run with `nsenter --net=` in
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -77,8 +79,8 @@ class RootFirewallGuard:
         listing = sh("nft", "list", "tables", check=False).stdout
         for line in listing.splitlines():
             parts = line.split()
-            if len(parts) == 3 and parts[0] == "table":
-                body = sh("nft", "list", "table", parts[1], parts[2], check=False).stdout
+            if len(parts) == 3 and parts[0] == "table":  # -s: no counters (they move)
+                body = sh("nft", "-s", "list", "table", parts[1], parts[2], check=False).stdout
                 out[f"{parts[1]} {parts[2]}"] = body
         return out
 
@@ -96,7 +98,10 @@ class RootFirewallGuard:
                 continue
             for t in tables:
                 text = sh(save, "-t", t, check=False).stdout
-                out[f"{fam} {t}"] = "\n".join(x for x in text.splitlines()
+                # chain counters ([packets:bytes]) move with any traffic in the root
+                # namespace: not a change anyone made
+                out[f"{fam} {t}"] = "\n".join(re.sub(r"\[\d+:\d+\]$", "[0:0]", x)
+                                              for x in text.splitlines()
                                               if not x.startswith("#"))
         return out
 
@@ -157,10 +162,16 @@ def docker_missing() -> str | None:
 
 
 def docker_cli() -> str:
-    """The docker client shipped with dockerd (same API version), else any on PATH."""
-    dockerd = shutil.which("dockerd") or ""
-    cand = Path(dockerd).parent / "docker"
-    return str(cand) if cand.exists() else (shutil.which("docker") or "docker")
+    """The docker client shipped with dockerd (same API version), else any on PATH.
+
+    Debian's docker.io puts dockerd in /usr/sbin and its client in /usr/bin: both are
+    tried before PATH, which may find a newer client installed elsewhere first.
+    """
+    dockerd = Path(shutil.which("dockerd") or "")
+    for cand in (dockerd.parent / "docker", dockerd.parent.parent / "bin" / "docker"):
+        if dockerd.name and cand.exists():
+            return str(cand)
+    return shutil.which("docker") or "docker"
 
 
 class Docker:
@@ -168,7 +179,9 @@ class Docker:
 
     IMAGE = "cnb-busybox:latest"
 
-    def __init__(self) -> None:
+    def __init__(self, storage_driver: str = "vfs") -> None:
+        """`storage_driver`: vfs (default, works anywhere) or overlay2 (what cnet uses)."""
+        self.storage_driver = storage_driver
         self.ns = Netns("docker")
         self.root = mktemp("docker")
         self.sock = str(self.root / "docker.sock")
@@ -207,7 +220,8 @@ class Docker:
                  "--config-file", str(self.root / "daemon.json"),
                  "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "x"),
                  "--pidfile", str(self.root / "docker.pid"), "-H", f"unix://{self.sock}",
-                 "--bridge=none", "--storage-driver=vfs", f"--cgroup-parent=/{self.cgroup_parent}",
+                 "--bridge=none", f"--storage-driver={self.storage_driver}",
+                 f"--cgroup-parent=/{self.cgroup_parent}",
                  "--log-level=warn"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -228,7 +242,11 @@ class Docker:
             (img / "bin" / name).symlink_to("busybox")
         tar = self.root / "busybox.tar"
         sh("tar", "-C", img, "-cf", tar, ".")
-        self.run("import", str(tar), self.IMAGE)
+        self.import_tar(tar)
+
+    def import_tar(self, tar: Path, image: str = IMAGE) -> None:
+        """`docker import` a rootfs tarball (e.g. scripts/build-busybox-image.sh's)."""
+        self.run("import", str(tar), image)
 
     def network_create(self, name: str, subnet: str) -> None:
         self.run("network", "create", "--subnet", subnet, name)
