@@ -113,9 +113,10 @@ class Client:
             return text
         return json.loads(text)
 
-    def stream(self, method: str, path: str, query: dict[str, str] | None = None):
+    def stream(self, method: str, path: str, query: dict[str, str] | None = None,
+               on_open=None):
         """Send one request and yield each JSON line of a chunked (streamed) answer as it
-        arrives (`logs -f`)."""
+        arrives (`logs -f`); `on_open()` runs once the answer's head is in."""
         import json
 
         if query:
@@ -129,6 +130,8 @@ class Client:
             if not 200 <= status < 300:
                 text = _read_body(sock, headers, buf).decode("utf-8", "replace")
                 raise APIError(status, _error_message(text) or str(status))
+            if on_open is not None:
+                on_open()
             pending = b""
             while True:
                 while b"\r\n" not in buf:

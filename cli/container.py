@@ -178,15 +178,16 @@ def _start(cid: str, remove_on_failure: bool = False, hold: bool = False) -> Non
 def run(detach: bool, **o: Any) -> None:
     """Create and run a new container from an image."""
     cid = _create(o)
-    attach = not detach and (o["tty"] or o["interactive"])
-    _start(cid, remove_on_failure=True, hold=attach)
+    _start(cid, remove_on_failure=True, hold=not detach)
     if detach:
         click.echo(cid)
         return
-    if attach:
+    # The process was held: it runs once we are attached / following its log, so no
+    # output is lost and an auto-removed (--rm) container cannot vanish before we look.
+    if o["tty"] or o["interactive"]:
         _attach(cid, o["tty"], release=True)
     else:
-        _follow_logs(cid, follow=True)
+        _follow_logs(cid, follow=True, on_open=lambda: client().post(_path(cid, "release")))
     code = client().post(_path(cid, "wait"))["StatusCode"]
     sys.exit(code)
 
@@ -198,9 +199,10 @@ def create(**o: Any) -> None:
     click.echo(_create(o))
 
 
-def _follow_logs(cid: str, follow: bool, tail: str = "all", timestamps: bool = False) -> None:
+def _follow_logs(cid: str, follow: bool, tail: str = "all", timestamps: bool = False,
+                 on_open=None) -> None:
     query = {"follow": "1" if follow else "0", "tail": tail}
-    for entry in client().stream("GET", _path(cid, "logs"), query=query):
+    for entry in client().stream("GET", _path(cid, "logs"), query=query, on_open=on_open):
         out = sys.stderr if entry.get("stream") == "stderr" else sys.stdout
         text = entry.get("log", "")
         if timestamps:

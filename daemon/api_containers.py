@@ -175,7 +175,8 @@ def container_logs(app: App, req: Request) -> tuple[int, Any]:
         cur = mgr.containers.get(cid)
         return cur is None or cur["State"]["Status"] not in ("running", "restarting")
 
-    lines = logfile.read_logs(mgr.paths(c).log, tail=tail_n, follow=follow, stop=stopped)
+    lines = logfile.read_logs(mgr.paths(c).log, tail=tail_n, follow=follow, stop=stopped,
+                              stop_interval=0.05)
 
     def chunks():
         for stream, text, ts in lines:

@@ -352,7 +352,6 @@ class ContainerManager:
         p = self.paths(c)
         info = shimclient.read_exit(p.state) or {"ExitCode": 255, "FinishedAt": now()}
         code = int(info.get("ExitCode", 255))
-        self._release(c, p)
         ran_for = _epoch(info.get("FinishedAt", "")) - _epoch(c["State"]["StartedAt"])
         decision = restart.decide(c["HostConfig"]["RestartPolicy"], code, c["RestartCount"],
                                   c["StoppedByUser"], ran_for, self._delays.get(cid, 0.0))
@@ -360,6 +359,9 @@ class ContainerManager:
         self.last_exit[cid] = code
         self._set_state(c, Status=status, Running=False, Pid=0, ExitCode=code,
                         FinishedAt=info.get("FinishedAt") or now())
+        # Waiters (wait, stop, run) are told first; the release (veth deletion is ~16 ms
+        # of kernel time) follows on this same worker task, before any other operation.
+        self._release(c, p)
         if decision.restart:
             self._delays[cid] = decision.delay
             timer = threading.Timer(decision.delay, self._restart_later, (cid,))
@@ -516,7 +518,8 @@ class ContainerManager:
             pass
         except Exception as exc:
             errors.append(exc)
-        self._runc("delete", "--force", c["Id"])
+        if os.path.isdir(os.path.join(self.runc_root, c["Id"])):  # the shim normally did it
+            self._runc("delete", "--force", c["Id"])
         shutil.rmtree(p.bundle, ignore_errors=True)
         shutil.rmtree(p.data, ignore_errors=True)
         self.ctl.store.delete(f"container/{c['Id']}")

@@ -227,49 +227,50 @@ class _Waiter:
 
 def read_logs(path, tail: int | None = None, follow: bool = False, timestamps: bool = False,
               stop=None, stop_interval: float = 0.25):
-    """Yield `(stream, text, time)` for the lines of the json-file log at `path`.
+    """Return an iterator of `(stream, text, time)` for the lines of the json-file log at
+    `path`.
 
     `tail`: only the last N lines (None: all; 0: none, useful with `follow`). `timestamps`:
     prefix `text` with the time (fixed 9-digit fraction, as `docker logs -t` prints it).
     `follow`: keep waiting for new lines (also across rotation), until `stop()` returns
     true (checked at least every `stop_interval` s) and everything written has been read.
+    The files (and, when following, the directory watch) are opened now, not at the first
+    iteration: a log removed right after this call (an auto-removed container) is still
+    read whole.
     """
     path = str(path)
-    old = path + ".1"
-    f = None
+    f, g = _open(path), _open(path + ".1")
+    waiter = _Waiter(os.path.dirname(path)) if follow else None
+    return _lines(path, f, g, tail, follow, timestamps, stop, stop_interval, waiter)
+
+
+def _lines(path, f, g, tail, follow, timestamps, stop, stop_interval, waiter):
     try:
         if tail is not None:
             tail = max(int(tail), 0)
-            f = _open(path)
             lines, short, offset = _last_lines(f, tail) if f else ([], True, 0)
-            if short and tail:
-                g = _open(old)
-                if g is not None:
-                    with g:
-                        lines = _last_lines(g, tail - len(lines))[0] + lines
+            if short and tail and g is not None:
+                lines = _last_lines(g, tail - len(lines))[0] + lines
             for line in lines:
                 rec = _parse(line, timestamps)
                 if rec:
                     yield rec
             if f is not None:
                 f.seek(offset)
-            if not follow:
-                return
         else:
-            g = _open(old)
             if g is not None:
-                with g:
-                    yield from _read_complete(g, timestamps, final=True)
-            f = _open(path)
-            if not follow:
-                if f is not None:
-                    yield from _read_complete(f, timestamps, final=True)
-                return
-        yield from _follow(path, f, timestamps, stop, stop_interval)
-        f = None  # _follow owns (and closed) it
+                yield from _read_complete(g, timestamps, final=True)
+            if not follow and f is not None:
+                yield from _read_complete(f, timestamps, final=True)
+        if follow:
+            yield from _follow(path, f, timestamps, stop, stop_interval, waiter)
+            f = None  # _follow owns (and closed) it
     finally:
-        if f is not None:
-            f.close()
+        for h in (f, g):
+            if h is not None:
+                h.close()
+        if waiter is not None:
+            waiter.close()
 
 
 def _open(path: str):
@@ -303,8 +304,7 @@ def _same_file(f, path: str) -> bool:
     return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
 
 
-def _follow(path: str, f, timestamps: bool, stop, stop_interval: float):
-    waiter = _Waiter(os.path.dirname(path))
+def _follow(path: str, f, timestamps: bool, stop, stop_interval: float, waiter):
     try:
         while True:
             # Decide on stopping *before* draining: whatever the writer wrote before
@@ -327,6 +327,5 @@ def _follow(path: str, f, timestamps: bool, stop, stop_interval: float):
                 return
             waiter.wait(stop_interval)
     finally:
-        waiter.close()
         if f is not None:
             f.close()
