@@ -60,15 +60,15 @@ def timer(name: str, fn):
 
 def handler(name: str, fn):
     @functools.wraps(fn)
-    def inner(ctl, req):
-        n = len(getattr(ctl, COUNT))
+    def inner(app, req):
+        n = len(getattr(app.controller, COUNT))
         bucket = "early" if n <= WINDOW else ("late" if n >= LATE_FROM else None)
         if MATCH and MATCH not in req.path and MATCH not in json.dumps(req.body):
             bucket = None
         current[0] = f"{name} {bucket}" if bucket else None
         t0 = time.perf_counter()
         try:
-            return fn(ctl, req)
+            return fn(app, req)
         finally:
             _add(f"api {name}", time.perf_counter() - t0)
             current[0] = None
@@ -87,9 +87,12 @@ def on_gc(phase: str, info: dict) -> None:
 
 
 def patch() -> None:
-    from cnet.daemon import api
+    import dataclasses
 
-    api.ROUTES[:] = [(m, rx, handler(fn.__name__, fn)) for m, rx, fn in api.ROUTES]
+    from cnet.daemon import api, routes  # noqa: F401 - registers every API module
+
+    api.ROUTES[:] = [dataclasses.replace(r, handler=handler(r.handler.__name__, r.handler))
+                     for r in api.ROUTES]
     try:
         from cnet.cnm.osl.netlink import Netlink
 
