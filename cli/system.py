@@ -29,6 +29,8 @@ def info(fmt: str) -> None:
         ("Drivers", " ".join(data.get("Drivers") or [])),
         ("Networks", data.get("Networks", 0)),
         ("Sandboxes", data.get("Sandboxes", 0)),
+        ("Cgroup Driver", data.get("CgroupDriver", "")),
+        ("Cgroup Version", data.get("CgroupVersion", "")),
     ):
         click.echo(f"{label}: {value}")
     features: list[dict[str, Any]] = data.get("KernelFeatures") or []

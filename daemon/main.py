@@ -26,7 +26,7 @@ from cnet.drivers.host.driver import HostDriver
 from cnet.drivers.null.driver import NullDriver
 from cnet.ingress.firewall import Firewall
 from cnet.runtime.cleanup import runtime_cleanup
-from cnet.runtime.containers import ContainerManager, cgroup_parent
+from cnet.runtime.containers import ContainerManager, cgroup_parent, cgroup_version
 from cnet.runtime.images import ImageStore
 from cnet.runtime.ports import PortPublisher
 from cnet.runtime.volumes import VolumeStore
@@ -114,6 +114,8 @@ def start(app: App, args: argparse.Namespace) -> None:
         "DataRoot": args.data_root,
         "ExecRoot": args.exec_root,
         "Store": {"Type": "sqlite", "Path": ctl.store.path},  # type: ignore[attr-defined]
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": cgroup_version(),
         "KernelFeatures": [
             {"Name": f.name, "Present": f.present, "Disables": f.disables} for f in feats
         ],

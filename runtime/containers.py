@@ -562,6 +562,11 @@ class ContainerManager:
                     log.warning("could not start %s: %s", c["Name"], exc)
 
 
+def cgroup_version() -> str:
+    """"2" on a unified (cgroup2) hierarchy, else "1"; runc follows the same detection."""
+    return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
+
+
 def cgroup_parent(daemon_id: str) -> str:
     """Every container's cgroup sits under /cnet/<daemon-id> (one parent per daemon)."""
     return f"/cnet/{daemon_id}"
