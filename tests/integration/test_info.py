@@ -70,3 +70,12 @@ def test_info_describes_this_daemon(daemon):
     d.cli("network", "create", "n")
     info = d.cli_json("info", "--format", "json")
     assert (info["Networks"], info["Sandboxes"]) == (4, 1)
+
+
+def test_info_reports_the_cgroup_version_of_this_machine(daemon):
+    import os
+
+    info = daemon.cli_json("info", "--format", "json")
+    unified = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    assert info["CgroupVersion"] == ("2" if unified else "1")
+    assert info["CgroupDriver"] == "cgroupfs"
