@@ -56,6 +56,16 @@ class Controller:
         self.endpoints: dict[str, Endpoint] = {}
         self.sandboxes: dict[str, Sandbox] = {}
         self._routes: dict[str, tuple] = {}  # sandbox id -> default routes last applied
+        # Told after each committed change: endpoint_joined(ep, sb), endpoint_left(ep, sb),
+        # sandbox_removed(sb) (before its namespace goes). The embedded DNS listens.
+        self.listeners: list = []
+
+    def _tell(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                log.exception("listener %s failed on %s", listener, event)
 
     def register_driver(self, cls: type[Driver]) -> None:
         self.drivers[cls.name] = cls(self.ctx)
@@ -259,6 +269,7 @@ class Controller:
             self._join(ep, sb, undo)
             self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
                                         f"sandbox/{sb.id}": sb.to_record()}))
+        self._tell("endpoint_joined", ep, sb)
         return ep
 
     def leave(self, endpoint_ref: str) -> Endpoint:
@@ -269,6 +280,7 @@ class Controller:
         self._leave(ep, sb)
         self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
                                     f"sandbox/{sb.id}": sb.to_record()}))
+        self._tell("endpoint_left", ep, sb)
         return ep
 
     # -- connect / disconnect (endpoint + join in one operation) ---------------------------------
@@ -288,6 +300,7 @@ class Controller:
             txn = Txn(puts={f"sandbox/{sb.id}": sb.to_record()})
             self._endpoint_txn(ep, txn)
             self.store.commit(txn)
+        self._tell("endpoint_joined", ep, sb)
         return ep
 
     def disconnect(self, network_ref: str, target: str, force: bool = False) -> None:
@@ -298,6 +311,7 @@ class Controller:
             raise NotFound(f"sandbox {sb.name} is not connected to network {net.name}")
         self._leave(ep, sb)
         self._forget_endpoint(ep, Txn(puts={f"sandbox/{sb.id}": sb.to_record()}))
+        self._tell("endpoint_left", ep, sb)
 
     # -- sandboxes ------------------------------------------------------------------------------
     def create_sandbox(self, name: str, labels: dict[str, str] | None = None,
@@ -327,6 +341,7 @@ class Controller:
                 self.disconnect(self.endpoints[ep_id].network_id, sb.id)
             except Exception as exc:  # best effort teardown, reported at the end
                 errors.append(exc)
+        self._tell("sandbox_removed", sb)
         try:
             self.kernel.remove_netns(sb.key)
         except Exception as exc:

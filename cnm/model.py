@@ -36,6 +36,11 @@ class Network:
         d["pools"] = [PoolConfig.from_docker(p) for p in d["pools"]]
         return cls(**d)
 
+    @property
+    def user_defined(self) -> bool:
+        """Created by a user (not bridge/host/none): these get the embedded DNS."""
+        return not self.predefined and self.driver not in ("host", "null")
+
     def pool(self, v6: bool) -> PoolConfig | None:
         return next((p for p in self.pools if p.v6 == v6), None)
 

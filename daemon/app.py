@@ -17,3 +17,4 @@ class App:
     images: Any = None  # cnet.runtime image store (the runtime issue)
     volumes: Any = None
     containers: Any = None
+    dns: Any = None  # cnet.dns.server.DNSServer

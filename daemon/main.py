@@ -18,8 +18,11 @@ from cnet.cnm.osl.kernel import Kernel
 from cnet.cnm.reconcile import cleanup, load, reconcile
 from cnet.cnm.store import SQLiteStore, Store
 from cnet.daemon.app import App
+from cnet.daemon.dnswire import DNSWiring, host_upstreams
 from cnet.daemon.server import UnixHTTPServer
 from cnet.daemon.worker import KernelWorker
+from cnet.dns.names import NameTable
+from cnet.dns.server import DNSServer
 from cnet.drivers.bridge.driver import DEFAULT_BRIDGE, BridgeDriver
 from cnet.drivers.bridge.options import NAME as BRIDGE_NAME_OPTION
 from cnet.drivers.host.driver import HostDriver
@@ -108,6 +111,12 @@ def start(app: App, args: argparse.Namespace) -> None:
     app.containers = ContainerManager(
         ctl, app.worker, app.images, app.volumes, PortPublisher(ctl.firewall),
         data_root=args.data_root, exec_root=args.exec_root, dns=args.dns)
+    names = NameTable()
+    app.dns = DNSServer(names).start()
+    wiring = DNSWiring(ctl, app.dns, names, lambda: args.dns or host_upstreams(),
+                       app.containers.dns_info)
+    ctl.listeners.append(wiring)
+    wiring.restore()
     app.containers.restore()
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
@@ -155,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     server.serve_forever(poll_interval=0.5)
     server.server_close()
     os.unlink(server.server_address) if os.path.exists(server.server_address) else None
+    if app.dns is not None:
+        app.dns.close()
     worker.run(ctl.store.close)
     worker.shutdown()
     return 0

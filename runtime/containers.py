@@ -222,6 +222,14 @@ class ContainerManager:
         self.containers[cid] = c
         return c
 
+    def dns_info(self, sandbox_id: str) -> tuple[list[str], list[str]] | None:
+        """For the embedded DNS: a container's extra names (short id, hostname) and its
+        own upstream servers (--dns); None for a sandbox that is not a container."""
+        c = self.containers.get(sandbox_id)
+        if c is None:
+            return None
+        return [c["Id"][:12], c["Config"]["Hostname"]], list(c["HostConfig"]["Dns"])
+
     def _volume_exists(self, name: str) -> bool:
         try:
             self.volumes.get(name)
@@ -322,9 +330,15 @@ class ContainerManager:
             addrs += [a.split("/")[0] for a in (ep.ipv4, ep.ipv6) if a]
             names += [a for a in ep.aliases if a not in names]
         servers, search = etcfiles.host_resolv()
+        if any(self.ctl.network(n).user_defined for n in c["Networks"]):
+            # The embedded resolver answers (and forwards to --dns / the daemon's / the
+            # host's servers); ndots:0 so single names are tried as they are first.
+            servers, options = ["127.0.0.11"], ["ndots:0"]
+        else:
+            servers, options = host["Dns"] or self.dns or servers, []
         files = etcfiles.write_all(
             p.etc, hostname=cfg["Hostname"], addresses=addrs, names=names,
-            nameservers=host["Dns"] or self.dns or servers, search=search, options=[])
+            nameservers=servers, search=search, options=options)
         mounts = [Mount(target, source) for target, source in files.items()]
         for m in host["Mounts"]:
             source = (self.volumes.mountpoint(m["Source"]) if m["Type"] == "volume"

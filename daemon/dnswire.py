@@ -1,0 +1,90 @@
+"""Keeps the embedded resolver (cnet.dns) in step with the controller.
+
+A sandbox on at least one user-defined network is served at 127.0.0.11:53 inside its
+namespace; it resolves the names of every endpoint on its user-defined networks
+(Docker's default `bridge` network has no name service, as in Docker). Name records
+change on join/leave, so a new container resolves at once and a removed one stops at
+once (the answer cache is invalidated by the name table).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from cnet.cnm.controller import Controller
+from cnet.cnm.model import Endpoint, Sandbox
+from cnet.dns.forwarder import Upstream, upstreams_from_resolv_conf
+from cnet.dns.names import NameTable
+from cnet.dns.server import DNSServer
+
+log = logging.getLogger(__name__)
+# sandbox id -> (extra names: short id, hostname; per-container upstreams) for containers
+ContainerInfo = Callable[[str], tuple[list[str], list[str]] | None]
+
+
+def host_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
+    try:
+        with open(path) as f:
+            return upstreams_from_resolv_conf(f.read())
+    except OSError:
+        return []
+
+
+class DNSWiring:
+    def __init__(self, ctl: Controller, dns: DNSServer, names: NameTable,
+                 upstreams: Callable[[], list[Upstream | str]],
+                 container_info: ContainerInfo):
+        self.ctl = ctl
+        self.dns = dns
+        self.names = names
+        self.upstreams = upstreams
+        self.container_info = container_info
+
+    # -- controller listener --------------------------------------------------------
+    def endpoint_joined(self, ep: Endpoint, sb: Sandbox) -> None:
+        net = self.ctl.networks[ep.network_id]
+        if net.user_defined:
+            names = [sb.name, *ep.aliases]
+            info = self.container_info(sb.id)
+            if info:
+                names += info[0]
+            self.names.set_endpoint(net.id, net.name, ep.id, names,
+                                    (ep.ipv4 or "").split("/")[0] or None,
+                                    (ep.ipv6 or "").split("/")[0] or None)
+        self._sync(sb)
+
+    def endpoint_left(self, ep: Endpoint, sb: Sandbox) -> None:
+        self.names.remove_endpoint(ep.id)
+        self._sync(sb)
+
+    def sandbox_removed(self, sb: Sandbox) -> None:
+        """Before its namespace goes: our sockets would keep it alive."""
+        self.dns.remove_sandbox(sb.id)
+
+    # -- start ----------------------------------------------------------------------------
+    def restore(self) -> None:
+        for sb in self.ctl.sandboxes.values():
+            for ep_id in sb.endpoints:
+                try:
+                    self.endpoint_joined(self.ctl.endpoints[ep_id], sb)
+                except Exception:
+                    log.exception("restoring DNS of sandbox %s", sb.name)
+
+    # -- what a sandbox is served ------------------------------------------------------------
+    def _sync(self, sb: Sandbox) -> None:
+        nets = [self.ctl.networks[self.ctl.endpoints[e].network_id] for e in sb.endpoints]
+        mine = [n for n in nets if n.user_defined]
+        served = sb.id in self.dns.sandboxes()
+        if not mine:
+            if served:
+                self.dns.remove_sandbox(sb.id)
+            return
+        ids = frozenset(n.id for n in mine)
+        internal = all(n.internal for n in nets)
+        info = self.container_info(sb.id)
+        ups = (info[1] if info and info[1] else None) or self.upstreams()
+        if served:
+            self.dns.update_sandbox(sb.id, networks=ids, internal=internal, upstreams=ups)
+        else:
+            self.dns.add_sandbox(sb.id, sb.key, ids, internal=internal, upstreams=ups)
