@@ -21,6 +21,7 @@ COMMANDS = {
     "image": ("cnet.cli.image:image", "Manage images."),
     "volume": ("cnet.cli.volume:volume", "Manage volumes."),
     "container": ("cnet.cli.container:container", "Manage containers."),
+    "dns": ("cnet.cli.dns:dns", "Inspect the embedded DNS."),
     "run": ("cnet.cli.container:run", "Create and run a new container from an image."),
     "create": ("cnet.cli.container:create", "Create a new container."),
     "start": ("cnet.cli.container:start", "Start one or more stopped containers."),

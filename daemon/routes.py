@@ -1,3 +1,10 @@
 """Import every API module so that their routes are registered."""
 
-from cnet.daemon import api, api_containers, api_images, api_network, api_volumes  # noqa: F401
+from cnet.daemon import (  # noqa: F401
+    api,
+    api_containers,
+    api_dns,
+    api_images,
+    api_network,
+    api_volumes,
+)
