@@ -109,8 +109,9 @@ C1_IP=$("$CNET" inspect c1 | "$BIN/python" -c \
     'import json,sys; print(json.load(sys.stdin)[0]["NetworkSettings"]["Networks"]["localnet"]["IPAddress"])')
 echo "c1 has $C1_IP"
 
-say "c2 on the same network reaches c1"
-run "$CNET" run --rm --name c2 --network localnet busybox ping -c 3 "$C1_IP"
+say "c2 on the same network reaches c1 by name (the embedded DNS at 127.0.0.11)"
+run "$CNET" run --rm --name c2 --network localnet busybox ping -c 3 c1
+run "$CNET" dns lookup c1 --from c1
 
 say "a web server published on host port 5001"
 run "$CNET" run -d --name web --network localnet -p 5001:80 busybox \
