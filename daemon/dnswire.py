@@ -10,6 +10,8 @@ once (the answer cache is invalidated by the name table).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 
 from cnet.cnm.controller import Controller
@@ -70,6 +72,37 @@ class DNSWiring:
                     self.endpoint_joined(self.ctl.endpoints[ep_id], sb)
                 except Exception:
                     log.exception("restoring DNS of sandbox %s", sb.name)
+
+    def refresh_upstreams(self) -> None:
+        """The host's resolv.conf changed: every served sandbox follows (run on the worker)."""
+        for sb_id in self.dns.sandboxes():
+            sb = self.ctl.sandboxes.get(sb_id)
+            if sb is not None:
+                self._sync(sb)
+
+    def watch_resolv_conf(self, submit: Callable, path: str = "/etc/resolv.conf",
+                          interval: float = 2.0) -> threading.Event:
+        """Follow changes of the host's resolv.conf (its mtime, checked every `interval`
+        seconds); returns the event that stops the watcher."""
+        stop = threading.Event()
+
+        def mtime() -> float:
+            try:
+                return os.stat(path).st_mtime
+            except OSError:
+                return 0.0
+
+        def run() -> None:
+            last = mtime()
+            while not stop.wait(interval):
+                now = mtime()
+                if now != last:
+                    last = now
+                    log.info("%s changed: updating the embedded DNS upstreams", path)
+                    submit(self.refresh_upstreams)
+
+        threading.Thread(target=run, name="resolv-conf-watch", daemon=True).start()
+        return stop
 
     # -- what a sandbox is served ------------------------------------------------------------
     def _sync(self, sb: Sandbox) -> None:

@@ -117,6 +117,8 @@ def start(app: App, args: argparse.Namespace) -> None:
                        app.containers.dns_info)
     ctl.listeners.append(wiring)
     wiring.restore()
+    if not args.dns:
+        wiring.watch_resolv_conf(app.worker.submit)
     app.containers.restore()
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
