@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='"none" to skip the predefined "bridge" network')
     p.add_argument("--dns", action="append", default=[], metavar="IP",
                    help="DNS server for containers (repeatable; default: the host's)")
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="PATH",
+                   help="the host resolver configuration the embedded DNS forwards to "
+                        "(followed when it changes; ignored with --dns)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every kernel object this daemon owns, then exit")
     p.add_argument("--version", action="version", version=f"cnetd {__version__}")
@@ -113,12 +116,13 @@ def start(app: App, args: argparse.Namespace) -> None:
         data_root=args.data_root, exec_root=args.exec_root, dns=args.dns)
     names = NameTable()
     app.dns = DNSServer(names).start()
-    wiring = DNSWiring(ctl, app.dns, names, lambda: args.dns or host_upstreams(),
+    wiring = DNSWiring(ctl, app.dns, names,
+                       lambda: args.dns or host_upstreams(args.resolv_conf),
                        app.containers.dns_info)
     ctl.listeners.append(wiring)
     wiring.restore()
     if not args.dns:
-        wiring.watch_resolv_conf(app.worker.submit)
+        wiring.watch_resolv_conf(app.worker.submit, args.resolv_conf)
     app.containers.restore()
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
