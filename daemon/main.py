@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import secrets
 import signal
 import sys
@@ -137,8 +138,17 @@ def start(app: App, args: argparse.Namespace) -> None:
     }
 
 
+def raise_nofile_limit() -> None:
+    """Soft -> hard open-files limit: every sandbox costs a netlink socket and the DNS
+    listeners' fds (the hard limit itself cannot be raised without CAP_SYS_RESOURCE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    raise_nofile_limit()
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per message
