@@ -11,12 +11,16 @@ the growth over the empty table measured in the same run.
 Sections:
 1. `Firewall` (cnet.ingress.firewall as installed, or --firewall-rev): add_network,
    remove_network.
-2. Layouts as raw JSON batches through one libnftables context: the ruleset before this
-   change (masq4/masq6 interval sets of subnets), the same without `flush chain`, the
-   current one (an ifname set `masq`), the current one without `flush chain`, and
-   masquerade through a verdict map jumping to a third per-network chain `net-<id>-nat`.
-3. What grows: one-command batches that isolate each cost (kernel commit, libnftables'
-   chain listing, kernel jump validation, interval-set element listing; JSON vs text),
+2. Layouts as raw JSON batches through one libnftables context: the current one (constant
+   rules, a network is only elements of the sets bridges/masq/internal/icc); the one
+   before it (`P`: ingress/firewall.py at the last revision with per-network chains
+   `net-<id>-out/-in` reached through verdict maps fwd_in/fwd_out, an ifname set `masq`),
+   the same without `flush chain`; older ones built on it: masq4/masq6 interval sets of
+   subnets (with and without `flush chain`), and masquerade through a verdict map jumping
+   to a third per-network chain `net-<id>-nat`.
+3. What grows: one-command batches that isolate each cost, on the per-chain layout (kernel
+   commit, libnftables' chain listing, kernel jump validation, interval-set element
+   listing; JSON vs text) and on the current one,
    and, with strace installed, the netlink bytes libnftables reads for each add/remove.
 
     python bench/nft_batch.py [--existing 0,200,1000] [--rounds 30] [--no-strace]
@@ -59,10 +63,34 @@ from common import (
 )
 
 WARMUP = 3
+CHAINS_MARK = 'MAP_FWD_IN = "fwd_in"'  # the per-network chain layout's firewall.py
 Cmd = dict[str, Any]
 T = {"family": "inet", "table": "cnet"}
 PROBE = NetworkRules("f" * 64, "cnbprobe", ("10.200.0.0/24",), ("fd00:200::/64",),
                      False, True, True)
+
+
+def chains_layout_module() -> Any:
+    """ingress/firewall.py at the last revision with per-network chains (for section 2):
+    HEAD while the change that removed them is uncommitted, else that change's parent."""
+    if CHAINS_MARK in Path(F.__file__).read_text():
+        return F
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, check=True).stdout
+
+    if CHAINS_MARK in git("show", "HEAD:ingress/firewall.py"):
+        return firewall_module("HEAD")
+    last = git("log", "-1", "--format=%H", "-S", CHAINS_MARK, "--", "ingress/firewall.py")
+    return firewall_module(f"{last.strip()}^")
+
+
+P: Any = F  # set by run(): the per-chain layout's module
+
+
+def _p(net: NetworkRules) -> Any:
+    return P.NetworkRules(*(getattr(net, f) for f in net.__dataclass_fields__))
 
 
 def existing(i: int) -> NetworkRules:
@@ -116,7 +144,7 @@ def old_base() -> list[Cmd]:
                    {"match": {"op": "!=", "left": _meta("oifname"), "right": "@bridges"}},
                    {"masquerade": None})
              for p, n in (("ip", "masq4"), ("ip6", "masq6"))]
-    base = _without_masq(F.render_base())
+    base = _without_masq(P.render_base())
     return base[:1] + sets + base[1:] + rules
 
 
@@ -133,11 +161,11 @@ def _old_masq(net: NetworkRules, verb: str) -> list[Cmd]:
 
 
 def old_add(net: NetworkRules) -> list[Cmd]:
-    return _without_masq(F.render_network(net)) + _old_masq(net, "add")
+    return _without_masq(P.render_network(_p(net))) + _old_masq(net, "add")
 
 
 def old_remove(net: NetworkRules) -> list[Cmd]:
-    cmds = _without_masq(F.render_removal(net))
+    cmds = _without_masq(P.render_removal(_p(net)))
     return _old_masq(net, "delete") + cmds
 
 
@@ -147,7 +175,7 @@ def old_reset(nets: list[NetworkRules]) -> list[Cmd]:
 
 # Masquerade through `iifname vmap @masq_in` -> jump net-<id>-nat (a third chain each).
 def nat_base() -> list[Cmd]:
-    return _without_masq(F.render_base()) + [
+    return _without_masq(P.render_base()) + [
         {"add": {"map": {**T, "name": "masq_in", "type": "ifname", "map": "verdict"}}},
         _rule("postrouting", {"vmap": {"key": _meta("iifname"), "data": "@masq_in"}}),
     ]
@@ -159,7 +187,7 @@ def _nat_chain(net: NetworkRules) -> str:
 
 def nat_add(net: NetworkRules) -> list[Cmd]:
     nat = _nat_chain(net)
-    cmds = _without_masq(F.render_network(net))
+    cmds = _without_masq(P.render_network(_p(net)))
     if net.masquerades:
         cmds = [_chain("add", nat), _chain("flush", nat),
                 _rule(nat, {"match": {"op": "!=", "left": _meta("oifname"),
@@ -169,7 +197,7 @@ def nat_add(net: NetworkRules) -> list[Cmd]:
 
 
 def nat_remove(net: NetworkRules) -> list[Cmd]:
-    cmds = _without_masq(F.render_removal(net))
+    cmds = _without_masq(P.render_removal(_p(net)))
     if net.masquerades:
         nat = _nat_chain(net)
         cmds = [_elem("delete", "masq_in", [net.bridge]), *cmds,
@@ -189,13 +217,17 @@ class Layout:
     remove: Callable[[NetworkRules], list[Cmd]]
 
 
+NEW = "sets only (current)"
+CHAINS = "chains: net-<id>-out/-in via fwd vmaps"
 LAYOUTS = [
-    Layout("old: masq4/masq6 interval sets", old_reset, old_add, old_remove),
-    Layout("old, no flush chain", old_reset, lambda n: _no_flush(old_add(n)), old_remove),
-    Layout("new: masq ifname set", F.render_reset, F.render_network, F.render_removal),
-    Layout("new, no flush chain", F.render_reset, lambda n: _no_flush(F.render_network(n)),
-           F.render_removal),
-    Layout("new, masq vmap -> net-<id>-nat", nat_reset, nat_add, nat_remove),
+    Layout(NEW, F.render_reset, F.render_network, F.render_removal),
+    Layout(CHAINS, lambda ns: P.render_reset([_p(n) for n in ns]),
+           lambda n: P.render_network(_p(n)), lambda n: P.render_removal(_p(n))),
+    Layout("chains, no flush chain", lambda ns: P.render_reset([_p(n) for n in ns]),
+           lambda n: _no_flush(P.render_network(_p(n))), lambda n: P.render_removal(_p(n))),
+    Layout("older: masq4/masq6 interval sets", old_reset, old_add, old_remove),
+    Layout("older, no flush chain", old_reset, lambda n: _no_flush(old_add(n)), old_remove),
+    Layout("chains + masq vmap -> net-<id>-nat", nat_reset, nat_add, nat_remove),
 ]
 
 
@@ -219,7 +251,7 @@ class Nft:
             raise RuntimeError(f"libnftables: {cmd}: {err.strip()}")
 
     def has_bridge(self, bridge: str) -> bool:
-        rc, out, _ = self.ctx.cmd("list map inet cnet fwd_in")
+        rc, out, _ = self.ctx.cmd("list set inet cnet bridges")
         return rc == 0 and f'"{bridge}"' in out
 
 
@@ -265,7 +297,9 @@ def firewall_module(rev: str | None) -> Any:
 
 
 def run(counts: list[int], rounds: int, use_strace: bool, rev: str | None) -> int:
+    global P
     fwmod = firewall_module(rev)
+    P = chains_layout_module()
     header("nft_batch: libnftables batch cost of one network add/rm vs existing networks",
            [f"existing networks: {', '.join(map(str, counts))}; {rounds} rounds "
             f"(+{WARMUP} warm-up) each; p50 ms",
@@ -318,9 +352,9 @@ def run(counts: list[int], rounds: int, use_strace: bool, rev: str | None) -> in
                     kb.setdefault(f"{lay.name} | rm", {})[n] = strace_kb(
                         ns, lay.remove(PROBE), tmp)
 
-            # 3. What grows: one-command batches on the new layout, then the old one.
+            # 3. What grows: one-command batches on the per-chain layout, then others.
             def parts(n: int = n) -> None:
-                nft.json(F.render_reset(nets[:n]))
+                nft.json(LAYOUTS[1].reset(nets[:n]))
                 chain = "cnb-probe"
                 nft.json([_chain("add", "cnb-target")])
                 jump = {"jump": {"target": "cnb-target"}}  # validation walks every chain
@@ -343,7 +377,12 @@ def run(counts: list[int], rounds: int, use_strace: bool, rev: str | None) -> in
                 nft.json(old_reset(nets[:n]))
                 rounds_of(rounds, lambda: nft.json([_elem("add", "bridges", ["cnbx"])]),
                           lambda: nft.json([_elem("delete", "bridges", ["cnbx"])]),
-                          cell("part | add element bridges, old layout (+ interval sets)", n))
+                          cell("part | add element bridges, older layout (+ interval sets)",
+                               n))
+                nft.json(F.render_reset(nets[:n]))
+                rounds_of(rounds, lambda: nft.json([_elem("add", "bridges", ["cnbx"])]),
+                          lambda: nft.json([_elem("delete", "bridges", ["cnbx"])]),
+                          cell("part | add element bridges, current layout (sets only)", n))
                 nft.json(F.render_reset([]))
             on_ns(parts)
         on_ns(lambda: fw.delete_table())
@@ -376,7 +415,7 @@ def run(counts: list[int], rounds: int, use_strace: bool, rev: str | None) -> in
     s = Summary("nft_batch")
     last = counts[-1]
     for name in ("Firewall add_network", "Firewall remove_network",
-                 "old: masq4/masq6 interval sets | add", "new: masq ifname set | add"):
+                 f"{CHAINS} | add", f"{NEW} | add", f"{NEW} | rm"):
         by_n = results[name]
         for n in counts[1:]:
             s.figure(f"{name}: {n} vs {counts[0]} networks", by_n[n].p50 / by_n[counts[0]].p50,

@@ -2,36 +2,44 @@
 
 All nftables access in cnet goes through this module, as libnftables JSON batches
 (the ``nftables`` binding from python3-nftables; never an ``nft`` subprocess). Every
-change is one atomic batch. The ruleset follows kube-proxy's nftables mode: a
-network is two chains of its own plus one element in each shared set/map, so adding
-or removing a network never rewrites another network's rules::
+change is one atomic batch. The rules are constant; a network is only elements of
+named sets, so adding or removing one touches its own elements and nothing else::
 
     table inet cnet {
-      set bridges { type ifname; }                     # every cnet bridge
-      set masq { type ifname; }                        # bridges whose egress is SNATed
-      map fwd_in  { type ifname : verdict; }           # iifname br -> jump net-<id>-out
-      map fwd_out { type ifname : verdict; }           # oifname br -> jump net-<id>-in
-      chain prerouting  { nat, dstnat }                # port publishing (later)
-      chain output      { nat, -100 }                  # port publishing (later)
-      chain forward     { filter, policy accept; iifname vmap @fwd_in; oifname vmap @fwd_out }
-      chain postrouting { nat, srcnat; iifname @masq oifname != @bridges masquerade }
-      chain net-<id12>-out { ... }                     # see render_chains
-      chain net-<id12>-in  { ... }
+      set bridges  { type ifname; }                    # every cnet bridge
+      set masq     { type ifname; }                    # bridges whose egress is SNATed
+      set internal { type ifname; }                    # bridges of internal networks
+      set icc      { type ifname . ifname; }           # "br" . "br" for networks with icc on
+      map pub_any  { ... }  map pub_ip { ... }         # published ports, see render_publishing
+      chain prerouting  { nat, dstnat; ... vmap @pub_any; ... vmap @pub_ip }
+      chain output      { nat, -100;   ... vmap @pub_any; ... vmap @pub_ip }
+      chain forward     { filter, policy accept;
+        iifname . oifname @icc accept                  # inside one network (icc on)
+        iifname @bridges oifname @bridges drop         # between networks; icc off
+        iifname @internal drop                         # nothing leaves an internal network
+        oifname @internal drop                         # nothing enters one
+        oifname @bridges ct state established,related accept
+        oifname @bridges ct status dnat accept         # published ports
+        oifname @bridges drop                          # unsolicited traffic into a network
+      }
+      chain postrouting { nat, srcnat; iifname @masq oifname != @bridges masquerade; ... }
+      chain pub-<proto>-<host ip|any>-<port> { dnat ... }   # one per published port
     }
+
+Traffic between a network and the host itself (its gateway address, published ports
+reached from the host) is input/output, not forward: these rules do not see it. Packets
+forwarded between two interfaces cnet does not own match nothing and are accepted.
 
 Masquerade is keyed by the bridge a packet was forwarded in from, not by its source
 subnet: forwarded container traffic always enters through its network's bridge, one
 hash-set element covers IPv4 and IPv6 alike, and there is no interval set. That matters
 for cost, not only for tidiness: libnftables (1.0.6) fills its cache before every batch
 that adds or deletes an element or a rule, and that fill lists the elements of *every*
-interval set in the table (to check overlaps), whichever set the batch touches; with
-per-network subnets in an interval set every network create/rm paid for all the others.
-What still grows with the number of networks is outside our control: libnftables lists
-every chain before such a batch, and the kernel walks every chain at commit (and the
-jump graph when a verdict is added). `bench/nft_batch.py` measures each part.
-
-Port publishing (a later issue) goes in prerouting/output as
-``ip daddr . meta l4proto . th dport vmap @...`` verdict maps; nothing here yet.
+interval set in the table (to check overlaps), whichever set the batch touches. It also
+lists every chain, and the kernel walks every chain at commit (and the jump graph when a
+verdict is added): hence no per-network chains and no verdict map jumping to them, so
+the cost of a network add/rm does not grow with the number of networks (published ports
+still have a chain each). `bench/nft_batch.py` measures each part.
 
 Base chains always have policy accept: we do not own the host's firewall policy, we
 only drop what isolation requires. The rendering functions are pure (lists of
@@ -52,8 +60,8 @@ FAMILY = "inet"
 TABLE = "cnet"
 SET_BRIDGES = "bridges"
 SET_MASQ = "masq"
-MAP_FWD_IN = "fwd_in"
-MAP_FWD_OUT = "fwd_out"
+SET_INTERNAL = "internal"
+SET_ICC = "icc"  # ifname . ifname: "br" . "br" for each network with icc on
 MAP_PUB_ANY = "pub_any"  # l4proto . port -> container ip . port (all host addresses)
 MAP_PUB_IP = "pub_ip"  # host ip . l4proto . port -> container ip . port
 
@@ -103,16 +111,6 @@ class NetworkRules:
                     raise ValueError(f"{s!r} is not an IPv{version} subnet")
 
     @property
-    def chain_out(self) -> str:
-        """Chain for packets forwarded in from this network's bridge."""
-        return f"net-{self.id[:12]}-out"
-
-    @property
-    def chain_in(self) -> str:
-        """Chain for packets forwarded out through this network's bridge."""
-        return f"net-{self.id[:12]}-in"
-
-    @property
     def masquerades(self) -> bool:
         return self.masquerade and not self.internal
 
@@ -159,7 +157,11 @@ def _elements(name: str, elems: list[Any]) -> dict:
     return {"element": {**_T, "name": name, "elem": elems}}
 
 
-def _absent(name: str, key: str) -> list[Cmd]:
+def _icc_key(bridge: str) -> dict:
+    return {"concat": [bridge, bridge]}
+
+
+def _absent(name: str, key: Any) -> list[Cmd]:
     """Make sure `key` is not in set `name`, whether it was or not (add, then delete)."""
     return [{"add": _elements(name, [key])}, {"delete": _elements(name, [key])}]
 
@@ -173,15 +175,14 @@ def render_base() -> list[Cmd]:
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"set": {**_T, "name": SET_BRIDGES, "type": "ifname"}}},
         {"add": {"set": {**_T, "name": SET_MASQ, "type": "ifname"}}},
-        {"add": {"map": {**_T, "name": MAP_FWD_IN, "type": "ifname", "map": "verdict"}}},
-        {"add": {"map": {**_T, "name": MAP_FWD_OUT, "type": "ifname", "map": "verdict"}}},
+        {"add": {"set": {**_T, "name": SET_INTERNAL, "type": "ifname"}}},
+        {"add": {"set": {**_T, "name": SET_ICC, "type": ["ifname", "ifname"]}}},
         _base_chain("prerouting", "nat", "prerouting", PRIO_DSTNAT),
         _base_chain("output", "nat", "output", PRIO_DSTNAT),
         _base_chain("forward", "filter", "forward", PRIO_FILTER),
         _base_chain("postrouting", "nat", "postrouting", PRIO_SRCNAT),
         *render_publishing(),
-        _rule("forward", {"vmap": {"key": _meta("iifname"), "data": f"@{MAP_FWD_IN}"}}),
-        _rule("forward", {"vmap": {"key": _meta("oifname"), "data": f"@{MAP_FWD_OUT}"}}),
+        *render_forward(),
         # Forwarded in from a masquerading network's bridge, leaving through anything
         # but a cnet bridge (IPv4 and IPv6 alike).
         _rule(
@@ -190,6 +191,32 @@ def render_base() -> list[Cmd]:
             _match(_meta("oifname"), f"@{SET_BRIDGES}", "!="),
             {"masquerade": None},
         ),
+    ]
+
+
+def render_forward() -> list[Cmd]:
+    """The forward chain's rules: isolation for every network, whatever their number.
+
+    In order (the first match decides; the chain's policy is accept):
+    routed traffic inside a network with icc on is accepted; anything else from one
+    cnet bridge to another (or back to itself, icc off) is dropped; nothing is forwarded
+    out of or into an internal network; into any other network only replies and
+    published ports (DNAT'd) go. Traffic from a non-internal network to the outside
+    matches none of these and is accepted by the policy.
+    """
+    iif, oif = _meta("iifname"), _meta("oifname")
+    to_bridge = _match(oif, f"@{SET_BRIDGES}")
+    return [
+        _rule("forward", _match({"concat": [iif, oif]}, f"@{SET_ICC}"), _verdict("accept")),
+        _rule("forward", _match(iif, f"@{SET_BRIDGES}"), to_bridge, _verdict("drop")),
+        _rule("forward", _match(iif, f"@{SET_INTERNAL}"), _verdict("drop")),
+        _rule("forward", _match(oif, f"@{SET_INTERNAL}"), _verdict("drop")),
+        _rule("forward", to_bridge,
+              _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+              _verdict("accept")),
+        _rule("forward", to_bridge, _match({"ct": {"key": "status"}}, "dnat", "in"),
+              _verdict("accept")),
+        _rule("forward", to_bridge, _verdict("drop")),
     ]
 
 
@@ -206,8 +233,9 @@ def render_publishing() -> list[Cmd]:
     host itself, 127.0.0.1 included); masquerade hairpin traffic (a container to a
     port published on its own bridge) and loopback-sourced traffic, so that replies
     come back through the host. Forwarding of DNAT'd packets into a bridge is
-    accepted by the network's `-in` chain (`ct status dnat`). libnftables 1.0.6
-    crashes on NAT with concatenated map data, hence chains rather than a dnat map.
+    accepted by the forward chain (`ct status dnat`; not into internal networks).
+    libnftables 1.0.6 crashes on NAT with concatenated map data, hence chains rather
+    than a dnat map.
     """
     pub_maps = [
         {"add": {"map": {**_T, "name": MAP_PUB_ANY, "type": ["inet_proto", "inet_service"],
@@ -267,54 +295,26 @@ def render_ports(op: str, entries: list[PortEntry]) -> list[Cmd]:
     return cmds
 
 
-def render_chains(net: NetworkRules) -> list[Cmd]:
-    """The network's two chains; add+flush makes re-adding replace their rules.
-
-    (`flush chain` costs nothing measurable: unlike `add rule`/`add element` it needs no
-    libnftables cache, and the batch already has rules.)
-    """
-    out, in_ = net.chain_out, net.chain_in
-    oif = _meta("oifname")
-    ct_ok = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
-    dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
-    cmds: list[Cmd] = []
-    for name in (out, in_):
-        cmds += [{"add": _chain(name)}, {"flush": _chain(name)}]
-    # net-<id>-out: forwarded packets that came in from this network's bridge.
-    cmds += [
-        _rule(out, _match(oif, net.bridge), _verdict("accept" if net.icc else "drop")),
-        _rule(out, _match(oif, f"@{SET_BRIDGES}"), _verdict("drop")),
-        _rule(out, _verdict("drop" if net.internal else "accept")),
-    ]
-    # net-<id>-in: forwarded packets entering this network from elsewhere.
-    cmds.append(_rule(in_, ct_ok, _verdict("accept")))
-    if not net.internal:  # published ports (DNAT, a later issue)
-        cmds.append(_rule(in_, dnat, _verdict("accept")))
-    cmds.append(_rule(in_, _verdict("drop")))
-    return cmds
-
-
 def render_elements(net: NetworkRules) -> list[Cmd]:
-    """The network's element in every shared set/map.
+    """The network's elements in the shared sets.
 
-    A network that does not masquerade makes sure its bridge is *not* in `masq` (a
-    re-add may turn masquerade off; a bridge name may be reused).
+    A flag that is off makes sure the bridge is *not* in that flag's set (add, then
+    delete): a re-add may turn masquerade or icc off, or internal on and off again, and a
+    bridge name may be reused.
     """
-    cmds: list[Cmd] = [
-        {"add": _elements(SET_BRIDGES, [net.bridge])},
-        {"add": _elements(MAP_FWD_IN, [[net.bridge, _jump(net.chain_out)]])},
-        {"add": _elements(MAP_FWD_OUT, [[net.bridge, _jump(net.chain_in)]])},
-    ]
-    if net.masquerades:
-        cmds.append({"add": _elements(SET_MASQ, [net.bridge])})
-    else:
-        cmds += _absent(SET_MASQ, net.bridge)
+    cmds: list[Cmd] = [{"add": _elements(SET_BRIDGES, [net.bridge])}]
+    for name, key, on in (
+        (SET_MASQ, net.bridge, net.masquerades),
+        (SET_INTERNAL, net.bridge, net.internal),
+        (SET_ICC, _icc_key(net.bridge), net.icc),
+    ):
+        cmds += [{"add": _elements(name, [key])}] if on else _absent(name, key)
     return cmds
 
 
 def render_network(net: NetworkRules) -> list[Cmd]:
-    """Everything add_network puts in the kernel, in dependency order."""
-    return render_chains(net) + render_elements(net)
+    """Everything add_network puts in the kernel: set elements only."""
+    return render_elements(net)
 
 
 def _unique(networks: Iterable[NetworkRules]) -> list[NetworkRules]:
@@ -340,18 +340,15 @@ def render_reset(networks: Iterable[NetworkRules]) -> list[Cmd]:
         {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
         *render_base(),
     ]
-    for net in nets:
-        cmds += render_chains(net)
-    bridges = [n.bridge for n in nets]
-    masq = [n.bridge for n in nets if n.masquerades]
-    if bridges:  # the table is new: one command per set/map, no add-then-delete
-        cmds += [
-            {"add": _elements(SET_BRIDGES, bridges)},
-            {"add": _elements(MAP_FWD_IN, [[n.bridge, _jump(n.chain_out)] for n in nets])},
-            {"add": _elements(MAP_FWD_OUT, [[n.bridge, _jump(n.chain_in)] for n in nets])},
-        ]
-    if masq:
-        cmds.append({"add": _elements(SET_MASQ, masq)})
+    # The table is new: one command per non-empty set, no add-then-delete.
+    for name, keys in (
+        (SET_BRIDGES, [n.bridge for n in nets]),
+        (SET_MASQ, [n.bridge for n in nets if n.masquerades]),
+        (SET_INTERNAL, [n.bridge for n in nets if n.internal]),
+        (SET_ICC, [_icc_key(n.bridge) for n in nets if n.icc]),
+    ):
+        if keys:
+            cmds.append({"add": _elements(name, keys)})
     return cmds
 
 
@@ -359,32 +356,28 @@ def render_reset(networks: Iterable[NetworkRules]) -> list[Cmd]:
 class Present:
     """The parts of the table that a removal cares about, parsed from a listing."""
 
-    chains: set[str] = field(default_factory=set)
     bridges: set[str] = field(default_factory=set)
     masq: set[str] = field(default_factory=set)
-    # map name -> {ifname: jump target or None}
-    maps: dict[str, dict[str, str | None]] = field(
-        default_factory=lambda: {MAP_FWD_IN: {}, MAP_FWD_OUT: {}}
-    )
+    internal: set[str] = field(default_factory=set)
+    icc: set[tuple[str, str]] = field(default_factory=set)
 
     @classmethod
     def parse(cls, listing: dict) -> Present:
         """Build from `list table inet cnet` JSON output."""
         p = cls()
+        plain = {SET_BRIDGES: p.bridges, SET_MASQ: p.masq, SET_INTERNAL: p.internal}
         for obj in listing.get("nftables", []):
-            if "chain" in obj:
-                p.chains.add(obj["chain"]["name"])
-            elif "set" in obj:
-                s = obj["set"]
-                elems = {e for e in map(_elem_value, s.get("elem", [])) if isinstance(e, str)}
-                if s["name"] == SET_BRIDGES:
-                    p.bridges.update(elems)
-                elif s["name"] == SET_MASQ:
-                    p.masq.update(elems)
-            elif "map" in obj and obj["map"]["name"] in p.maps:
-                for key, verdict in obj["map"].get("elem", []):
-                    target = verdict.get("jump", {}).get("target") if verdict else None
-                    p.maps[obj["map"]["name"]][_elem_value(key)] = target
+            s = obj.get("set")
+            if s is None:
+                continue
+            elems = [_elem_value(e) for e in s.get("elem", [])]
+            if s["name"] in plain:
+                plain[s["name"]].update(e for e in elems if isinstance(e, str))
+            elif s["name"] == SET_ICC:
+                for e in elems:
+                    parts = e.get("concat") if isinstance(e, dict) else None
+                    if isinstance(parts, list) and len(parts) == 2:
+                        p.icc.add((str(parts[0]), str(parts[1])))
         return p
 
 
@@ -396,35 +389,31 @@ def _elem_value(e: Any) -> Any:
 
 
 def render_removal(net: NetworkRules, present: Present | None = None) -> list[Cmd]:
-    """Delete the network's elements, then its chains.
+    """Delete the network's set elements.
 
-    Without `present`, assumes everything add_network made is there (a delete of a
-    missing element fails the whole batch; only `masq` is cleared either way). With
-    `present`, deletes only what the listing shows: map elements jumping to this
-    network's chains (whatever their key, else the chain delete fails), and the bridge
-    in `bridges`/`masq` unless another network's chain claims it.
+    Without `present`, assumes the bridge is in `bridges` (a delete of a missing element
+    fails the whole batch) and clears the flag sets either way (add, then delete), so
+    the flags the caller passes do not matter. With `present`, deletes only what the
+    listing shows.
     """
-    mine = {net.chain_out, net.chain_in}
+    br = net.bridge
     if present is None:
-        cmds: list[Cmd] = [
-            {"delete": _elements(MAP_FWD_IN, [net.bridge])},
-            {"delete": _elements(MAP_FWD_OUT, [net.bridge])},
-            {"delete": _elements(SET_BRIDGES, [net.bridge])},
-            *_absent(SET_MASQ, net.bridge),
+        return [
+            {"delete": _elements(SET_BRIDGES, [br])},
+            *_absent(SET_MASQ, br),
+            *_absent(SET_INTERNAL, br),
+            *_absent(SET_ICC, _icc_key(br)),
         ]
-    else:
-        cmds = []
-        for name, elems in present.maps.items():
-            keys = sorted(k for k, target in elems.items() if target in mine)
-            if keys:
-                cmds.append({"delete": _elements(name, keys)})
-        claimed = any(present.maps[m].get(net.bridge) not in (None, *mine) for m in present.maps)
-        for name, there in ((SET_BRIDGES, present.bridges), (SET_MASQ, present.masq)):
-            if net.bridge in there and not claimed:
-                cmds.append({"delete": _elements(name, [net.bridge])})
-        mine &= present.chains
-    for name in sorted(mine):
-        cmds += [{"flush": _chain(name)}, {"delete": _chain(name)}]
+    cmds: list[Cmd] = []
+    for name, there in (
+        (SET_BRIDGES, present.bridges),
+        (SET_MASQ, present.masq),
+        (SET_INTERNAL, present.internal),
+    ):
+        if br in there:
+            cmds.append({"delete": _elements(name, [br])})
+    if (br, br) in present.icc:
+        cmds.append({"delete": _elements(SET_ICC, [_icc_key(br)])})
     return cmds
 
 
