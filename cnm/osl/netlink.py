@@ -93,8 +93,13 @@ class Netlink:
         self._call(f"create {kind} {ifname}", self._ipr.link, "add", ifname=ifname, kind=kind,
                    **kwargs)
 
-    def create_bridge(self, ifname: str, alias: str, mtu: int | None = None) -> int:
-        kwargs = {"mtu": mtu} if mtu else {}
+    def create_bridge(self, ifname: str, alias: str, mtu: int | None = None,
+                      mac: str | None = None) -> int:
+        """A bridge; with `mac` its address is fixed (otherwise the kernel gives it the
+        lowest port MAC, which changes when that port goes: neighbours lose the gateway)."""
+        kwargs: dict = {"mtu": mtu} if mtu else {}
+        if mac:
+            kwargs["address"] = mac
         self._call(f"create bridge {ifname}", self._ipr.link, "add", ifname=ifname,
                    kind="bridge", **kwargs)
         idx = self.index(ifname)

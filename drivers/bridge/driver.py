@@ -19,6 +19,12 @@ from cnet.ingress.firewall import Firewall, NetworkRules
 DEFAULT_BRIDGE = "cnet0"
 
 
+def bridge_mac(network_id: str) -> str:
+    """A fixed, locally administered MAC derived from the network id (stable across a
+    restore that recreates the bridge)."""
+    return "02:" + ":".join(network_id[i:i + 2] for i in range(0, 10, 2))
+
+
 def host_veth_name(endpoint: Endpoint) -> str:
     return "veth" + endpoint.id[:7]
 
@@ -63,7 +69,8 @@ class BridgeDriver(Driver):
     def _create_bridge(self, network: Network, opts: BridgeOptions) -> None:
         host = self.kernel.host
         name = network.driver_state["bridge"]
-        idx = host.create_bridge(name, self.ctx.alias(network.id), opts.mtu)
+        idx = host.create_bridge(name, self.ctx.alias(network.id), opts.mtu,
+                                 bridge_mac(network.id))
         self._bridge_index[network.id] = idx
         try:
             for pool in network.pools:

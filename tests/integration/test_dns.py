@@ -13,10 +13,10 @@ Queries are made two ways: `dig @127.0.0.11` run in the container's network name
 (`nsenter --net=SandboxKey`, UDP and `+tcp`), and busybox's own `nslookup`/`ping` run in
 the container through `cnet exec`, i.e. through its resolv.conf.
 
-Known product bug (xfail, strict): the bridge's MAC is not pinned, so removing the
-container whose host veth lends the bridge its MAC breaks the other containers' traffic
-through the gateway (forwards included) for 15-45 s. Tests that remove a container and
-then forward therefore forward nothing from that network before the removal.
+The bridge's MAC is pinned by the driver (it used not to be: removing the container
+whose host veth lent the bridge its MAC broke the other containers' traffic through the
+gateway, forwards included, for 15-45 s; test_forwarding_survives_the_removal_of_the_
+bridges_mac guards it).
 """
 
 from __future__ import annotations
@@ -486,12 +486,6 @@ def _host_veth(e: Env, name: str) -> dict:
     return next(ln for ln in links if ln["ifindex"] == eth0["link_index"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (drivers/bridge, not DNS): the bridge's MAC address is not pinned, so the "
-    "kernel gives it the lowest MAC among its ports; removing the container whose host veth "
-    "has it changes the gateway's MAC under the other containers, whose neighbour entry stays "
-    "REACHABLE (15-45 s): their traffic through the gateway, DNS forwards included, is lost "
-    "until it expires. Docker sets a random MAC on the bridge when it creates it."))
 def test_forwarding_survives_the_removal_of_the_bridges_mac(env):
     e = env
     localnet(e)
@@ -508,5 +502,8 @@ def test_forwarding_survives_the_removal_of_the_bridges_mac(env):
     assert dig(key, "before.example.test").values == [FORWARDED_A]  # gateway MAC learnt
 
     e.d.cli("rm", "-f", gone)
+    links = json.loads(e.d.run_in_host("ip", "-j", "link").stdout)
+    assert next(ln for ln in links if ln["ifname"] == bridge["ifname"])["address"] == \
+        bridge["address"]  # the gateway's MAC did not move
     a = dig(key, "after.example.test", wait=6)
     assert a.status == "NOERROR" and a.values == [FORWARDED_A] and a.elapsed < 1, a
