@@ -134,6 +134,11 @@ class AnswerCache:
             return FORWARD
         return v.pick(query, udp)
 
+    def table(self, networks: frozenset[str]) -> dict[bytes, object] | None:
+        """The question -> answer dict of a network set, for a caller that inlines
+        `answer` over a batch (None: nothing cached for it yet)."""
+        return self._tables.get(networks)
+
     def lookup(self, networks: frozenset[str], query: bytes, udp: bool = True):
         """answer(), falling back to build(): bytes, FORWARD or DROP."""
         query = bytes(query)
