@@ -206,9 +206,9 @@ def kill_pids(pids: Iterable[int], timeout: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for pid in pids:
+        # A zombie counts as gone (_alive); never reap here: a child of ours belongs to its
+        # Popen, whose wait() would otherwise find nothing and report exit status 0.
         while _alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
             time.sleep(0.02)
 
 
