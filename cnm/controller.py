@@ -125,7 +125,7 @@ class Controller:
             undo.push(driver.delete_network, net)
             self.store.put(f"network/{net.id}", net.to_record())
         self.networks[net.id] = net
-        log.info("created network %s (%s, %s)", net.name, short(net.id), driver_name)
+        log.info("created network %s (%s, %s)", net.name, ids.short(net.id), driver_name)
         return net
 
     def delete_network(self, ref: str) -> Network:
@@ -194,7 +194,7 @@ class Controller:
     def delete_endpoint(self, ref: str) -> None:
         ep = self.endpoint(ref)
         if ep.sandbox_id:
-            raise Conflict(f"endpoint {short(ep.id)} is still joined to a sandbox")
+            raise Conflict(f"endpoint {ids.short(ep.id)} is still joined to a sandbox")
         self._forget_endpoint(ep, Txn())
 
     def _forget_endpoint(self, ep: Endpoint, txn: Txn) -> None:
@@ -264,7 +264,7 @@ class Controller:
     def join(self, endpoint_ref: str, sandbox_ref: str) -> Endpoint:
         ep, sb = self.endpoint(endpoint_ref), self.sandbox(sandbox_ref)
         if ep.sandbox_id:
-            raise Conflict(f"endpoint {short(ep.id)} is already joined to a sandbox")
+            raise Conflict(f"endpoint {ids.short(ep.id)} is already joined to a sandbox")
         with Undo() as undo:
             self._join(ep, sb, undo)
             self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
@@ -275,7 +275,7 @@ class Controller:
     def leave(self, endpoint_ref: str) -> Endpoint:
         ep = self.endpoint(endpoint_ref)
         if not ep.sandbox_id:
-            raise Conflict(f"endpoint {short(ep.id)} is not joined to a sandbox")
+            raise Conflict(f"endpoint {ids.short(ep.id)} is not joined to a sandbox")
         sb = self.sandboxes[ep.sandbox_id]
         self._leave(ep, sb)
         self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
@@ -354,6 +354,3 @@ class Controller:
             raise errors[0]
         return sb
 
-
-def short(object_id: str) -> str:
-    return ids.short(object_id)

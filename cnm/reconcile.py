@@ -12,6 +12,7 @@ import logging
 from cnet.cnm.controller import Controller
 from cnet.cnm.model import Endpoint, Network, Sandbox
 from cnet.cnm.osl import namespaces
+from cnet.cnm.osl.netlink import links_with_alias_prefix
 from cnet.cnm.store import Txn
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,8 @@ def reconcile(ctl: Controller) -> None:
             ctl._apply_routes(sb, force=True)
         except Exception:
             log.exception("could not restore routes of sandbox %s", sb.name)
-    prefix = f"cnet:{ctl.daemon_id}:"
-    for link in kernel.host.links():
-        if link.alias and link.alias.startswith(prefix) and link.ifname not in owned:
+    for link in links_with_alias_prefix(kernel.host, f"cnet:{ctl.daemon_id}:"):
+        if link.ifname not in owned:
             log.info("removing unknown interface %s", link.ifname)
             kernel.host.delete_link(link.ifname)
 
@@ -98,13 +98,11 @@ def cleanup(ctl: Controller) -> list[str]:
             kernel.remove_netns(path)
         except Exception as exc:
             errors.append(f"{path}: {exc}")
-    prefix = f"cnet:{ctl.daemon_id}:"
-    for link in kernel.host.links():
-        if link.alias and link.alias.startswith(prefix):
-            try:
-                kernel.host.delete_link(link.ifname)
-            except Exception as exc:
-                errors.append(f"{link.ifname}: {exc}")
+    for link in links_with_alias_prefix(kernel.host, f"cnet:{ctl.daemon_id}:"):
+        try:
+            kernel.host.delete_link(link.ifname)
+        except Exception as exc:
+            errors.append(f"{link.ifname}: {exc}")
     try:
         ctl.firewall.delete_table()
     except Exception as exc:

@@ -69,17 +69,6 @@ class Kernel:
             nl.add_address(idx, cidr)
         nl.set_up(idx)
 
-    def set_default_routes(self, key: str, ifname: str | None, gateway4: str | None,
-                           gateway6: str | None) -> None:
-        """Point the sandbox's default routes at one endpoint's gateways (or remove them)."""
-        nl = self.sandbox(key)
-        idx = nl.index(ifname) if ifname else None
-        for gw, v6 in ((gateway4, False), (gateway6, True)):
-            if gw and idx is not None:
-                nl.add_default_route(gw, idx)
-            else:
-                nl.delete_default_route(v6)
-
     # -- daemon namespace ---------------------------------------------------------------
     def allow_localnet(self, ifname: str) -> None:
         """Let DNAT'd 127.0.0.1 traffic (published ports) leave through `ifname`."""

@@ -75,14 +75,6 @@ def _ipv6_off_by_default() -> None:
         pass
 
 
-def pin_current(path: str) -> None:
-    """Pin the caller's own network namespace at `path` (used for the host sandbox)."""
-    if not os.path.exists(path):
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o444))
-    if not is_netns(path):
-        nsenter.mount("/proc/thread-self/ns/net", path, None, nsenter.MS_BIND)
-
-
 def remove(path: str) -> None:
     """Unmount and delete a namespace file; missing pieces are not an error."""
     if os.path.exists(path) and _is_mount_point(os.path.realpath(path)):
@@ -98,13 +90,6 @@ def listdir(directory: str) -> list[str]:
         return sorted(os.listdir(directory))
     except FileNotFoundError:
         return []
-
-
-def same_as_current(path: str) -> bool:
-    """True when `path` is the namespace the calling thread is in."""
-    a = os.stat(path)
-    b = os.stat("/proc/thread-self/ns/net")
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def remove_dir_mount(directory: str) -> None:

@@ -149,9 +149,6 @@ class Netlink:
     def set_up(self, index: int) -> None:
         self._call("bring link up", self._ipr.link, "set", index=index, state="up")
 
-    def set_mtu(self, index: int, mtu: int) -> None:
-        self._call("set mtu", self._ipr.link, "set", index=index, mtu=mtu)
-
     def delete_link(self, ifname: str) -> bool:
         """Delete a link by name; False when it was already gone."""
         try:
@@ -173,12 +170,6 @@ class Netlink:
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise KernelError(f"add address {cidr}", exc) from None
-
-    def addresses(self, index: int) -> list[str]:
-        out = []
-        for msg in self._call("list addresses", self._ipr.get_addr, index=index):
-            out.append(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-        return out
 
     def add_default_route(self, gateway: str, index: int | None = None) -> None:
         family = _family(gateway)
