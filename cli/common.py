@@ -108,6 +108,26 @@ def client() -> Client:
     return Client(settings.host)
 
 
+def resource_path(kind: str) -> Callable[..., str]:
+    """`resource_path("networks")(name, "connect")` -> "/networks/<name>/connect" (quoted)."""
+
+    def path(name: str, *rest: str) -> str:
+        from cnet.cli.client import url_path
+
+        return url_path(kind, name, *rest)
+
+    return path
+
+
+def inspect_each(names: Iterable[str], path: Callable[[str], str], kind: str) -> None:
+    """Docker's `inspect NAME...`: a JSON array of what was found, then one error line per
+    name that was not (exit 1)."""
+    api = client()
+    found, errors = run_each(names, lambda n: api.get(path(n)), not_found=f"No such {kind}")
+    print_json(found)
+    exit_on_errors(errors)
+
+
 # --- option parsing -----------------------------------------------------------------
 
 

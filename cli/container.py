@@ -14,18 +14,15 @@ from cnet.cli.common import (
     fail,
     filter_option,
     filters_query,
+    inspect_each,
     kv_option,
-    print_json,
     print_table,
+    resource_path,
     run_each,
     short_id,
 )
 
-
-def _path(name: str, *rest: str) -> str:
-    from cnet.cli.client import url_path
-
-    return url_path("containers", name, *rest)
+_path = resource_path("containers")
 
 
 def _invalid(exc: Exception) -> None:
@@ -386,11 +383,7 @@ def exec_(interactive: bool, tty: bool, env: tuple[str, ...], workdir: str | Non
 @click.argument("names", nargs=-1, required=True)
 def inspect(names: tuple[str, ...]) -> None:
     """Display detailed information on one or more containers."""
-    api = client()
-    found, errors = run_each(names, lambda n: api.get(_path(n, "json")),
-                             not_found="No such container")
-    print_json(found)
-    exit_on_errors(errors)
+    inspect_each(names, lambda n: _path(n, "json"), "container")
 
 
 @click.command()

@@ -19,6 +19,7 @@ from cnet.cli.common import (
     print_json,
     print_table,
     quiet_option,
+    resource_path,
     run_each,
     short_id,
 )
@@ -29,10 +30,7 @@ def image() -> None:
     """Manage images."""
 
 
-def _path(name: str, *rest: str) -> str:
-    from cnet.cli.client import url_path
-
-    return url_path("images", name, *rest)
+_path = resource_path("images")
 
 
 def _bare(image_id: str) -> str:

@@ -11,11 +11,13 @@ from cnet.cli.common import (
     filter_option,
     filters_query,
     format_option,
+    inspect_each,
     kv_option,
     no_trunc_option,
     print_json,
     print_table,
     quiet_option,
+    resource_path,
     run_each,
     short_id,
 )
@@ -27,10 +29,7 @@ def network() -> None:
     """Manage networks."""
 
 
-def _path(name: str, *rest: str) -> str:
-    from cnet.cli.client import url_path
-
-    return url_path("networks", name, *rest)
+_path = resource_path("networks")
 
 
 @network.command()
@@ -119,10 +118,7 @@ def ls(quiet: bool, no_trunc: bool, filters: dict[str, list[str]], fmt: str) -> 
 @click.argument("names", nargs=-1, required=True, metavar="NETWORK...")
 def inspect(names: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks."""
-    api = client()
-    found, errors = run_each(names, lambda n: api.get(_path(n)), not_found="No such network")
-    print_json(found)
-    exit_on_errors(errors)
+    inspect_each(names, _path, "network")
 
 
 @network.command()

@@ -9,10 +9,12 @@ from cnet.cli.common import (
     fail,
     format_option,
     human_since,
+    inspect_each,
     no_trunc_option,
     print_json,
     print_table,
     quiet_option,
+    resource_path,
     run_each,
     short_id,
 )
@@ -23,10 +25,7 @@ def sandbox() -> None:
     """Manage sandboxes (network namespaces)."""
 
 
-def _path(name: str) -> str:
-    from cnet.cli.client import url_path
-
-    return url_path("sandboxes", name)
+_path = resource_path("sandboxes")
 
 
 @sandbox.command()
@@ -67,10 +66,7 @@ def ls(quiet: bool, no_trunc: bool, fmt: str) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="SANDBOX...")
 def inspect(names: tuple[str, ...]) -> None:
     """Display detailed information on one or more sandboxes."""
-    api = client()
-    found, errors = run_each(names, lambda n: api.get(_path(n)), not_found="No such sandbox")
-    print_json(found)
-    exit_on_errors(errors)
+    inspect_each(names, _path, "sandbox")
 
 
 @sandbox.command()

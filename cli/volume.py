@@ -17,6 +17,7 @@ from cnet.cli.common import (
     print_json,
     print_table,
     quiet_option,
+    resource_path,
     run_each,
 )
 
@@ -26,10 +27,7 @@ def volume() -> None:
     """Manage volumes."""
 
 
-def _path(name: str) -> str:
-    from cnet.cli.client import url_path
-
-    return url_path("volumes", name)
+_path = resource_path("volumes")
 
 
 @volume.command()
