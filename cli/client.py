@@ -105,7 +105,7 @@ class Client:
         )
         status, reason, headers, data = self._roundtrip(head.encode() + payload)
         text = data.decode("utf-8", "replace")
-        if not 200 <= status < 300:
+        if not 200 <= status < 300 and status != 304:  # 304: nothing to change
             raise APIError(status, _error_message(text) or f"{status} {reason}".strip())
         if not data.strip():
             return None

@@ -29,17 +29,6 @@ def _invalid(exc: Exception) -> None:
     fail(str(exc), 125)
 
 
-def _post_unchanged_ok(path: str, query: dict[str, str] | None = None) -> None:
-    """POST start/stop: 304 (already started/stopped) is success, as in docker's CLI."""
-    from cnet.cli.client import APIError
-
-    try:
-        client().post(path, query=query)
-    except APIError as exc:
-        if exc.status != 304:
-            raise
-
-
 # --- create / run -------------------------------------------------------------------
 
 
@@ -275,7 +264,7 @@ def start(attach: bool, names: tuple[str, ...]) -> None:
         _start(names[0])
         _follow_logs(names[0], follow=True, tail="0")
         sys.exit(client().post(_path(names[0], "wait"))["StatusCode"])
-    _each(names, lambda n: _post_unchanged_ok(_path(n, "start")))
+    _each(names, lambda n: client().post(_path(n, "start")))
 
 
 @click.command()
@@ -284,7 +273,7 @@ def start(attach: bool, names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True)
 def stop(timeout: int, names: tuple[str, ...]) -> None:
     """Stop one or more running containers (SIGTERM, then SIGKILL)."""
-    _each(names, lambda n: _post_unchanged_ok(_path(n, "stop"), {"t": str(timeout)}))
+    _each(names, lambda n: client().post(_path(n, "stop"), query={"t": str(timeout)}))
 
 
 @click.command()
