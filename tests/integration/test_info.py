@@ -79,3 +79,10 @@ def test_info_reports_the_cgroup_version_of_this_machine(daemon):
     unified = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     assert info["CgroupVersion"] == ("2" if unified else "1")
     assert info["CgroupDriver"] == "cgroupfs"
+
+
+def test_bridge_none_skips_the_predefined_bridge(daemon_factory):
+    d = daemon_factory(args=["--bridge", "none"])
+    names = d.cli("network", "ls", "--format", "json").stdout
+    assert '"bridge"' not in names and '"host"' in names and '"none"' in names
+    assert "cnet0" not in d.run_in_host("ip", "-o", "link").stdout
