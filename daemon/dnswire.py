@@ -41,6 +41,7 @@ class DNSWiring:
         self.dns = dns
         self.names = names
         self.upstreams = upstreams
+        self._default_upstreams = upstreams()  # re-read only when resolv.conf changes
         self.container_info = container_info
 
     # -- controller listener --------------------------------------------------------
@@ -75,6 +76,7 @@ class DNSWiring:
 
     def refresh_upstreams(self) -> None:
         """The host's resolv.conf changed: every served sandbox follows (run on the worker)."""
+        self._default_upstreams = self.upstreams()
         for sb_id in self.dns.sandboxes():
             sb = self.ctl.sandboxes.get(sb_id)
             if sb is not None:
@@ -108,7 +110,7 @@ class DNSWiring:
     def _sync(self, sb: Sandbox) -> None:
         nets = [self.ctl.networks[self.ctl.endpoints[e].network_id] for e in sb.endpoints]
         mine = [n for n in nets if n.user_defined]
-        served = sb.id in self.dns.sandboxes()
+        served = self.dns.serves(sb.id)
         if not mine:
             if served:
                 self.dns.remove_sandbox(sb.id)
@@ -116,7 +118,7 @@ class DNSWiring:
         ids = frozenset(n.id for n in mine)
         internal = all(n.internal for n in nets)
         info = self.container_info(sb.id)
-        ups = (info[1] if info and info[1] else None) or self.upstreams()
+        ups = (info[1] if info and info[1] else None) or self._default_upstreams
         if served:
             self.dns.update_sandbox(sb.id, networks=ids, internal=internal, upstreams=ups)
         else:

@@ -329,6 +329,9 @@ class DNSServer:
     def sandboxes(self) -> list[str]:
         return list(self._sandboxes)
 
+    def serves(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._sandboxes
+
     def stats(self, sandbox_id: str | None = None) -> dict[str, int]:
         """Counters of one sandbox, or the totals since start (removed sandboxes included)
         with the forwarder's own: in_flight, tcp_retries, upstream_failures."""
