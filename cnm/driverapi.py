@@ -24,12 +24,34 @@ class JoinInfo:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A remote endpoint of a global network, from the cluster's peer table."""
+
+    endpoint_id: str
+    ipv4: str | None  # CIDR
+    ipv6: str | None
+    mac: str
+    vtep: str  # the underlay address of the node that holds the endpoint
+    node: str  # that node's id
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """This node's identity in the cluster (None in DriverContext: single host)."""
+
+    node_id: str
+    node_name: str
+    advertise_addr: str
+
+
+@dataclass(frozen=True)
 class DriverContext:
     """What the daemon hands every driver when it is loaded."""
 
     daemon_id: str
     netlink: object  # cnet.cnm.osl.kernel.Kernel
     firewall: object  # cnet.ingress.firewall.Firewall
+    cluster: ClusterInfo | None = None
 
     def alias(self, object_id: str) -> str:
         return f"cnet:{self.daemon_id}:{object_id}"
@@ -40,6 +62,9 @@ class Driver(ABC):
     scope: str = "local"  # "local": embedded store; "global": cluster store
     options: frozenset[str] = frozenset()  # driver options (-o) it understands
     multi_instance: bool = True  # False: only the predefined network may use it
+    # True: the driver gives no gateway; a sandbox joined only to such networks gets an
+    # extra endpoint on the node's gateway bridge for egress (Docker's docker_gwbridge).
+    needs_gateway_bridge: bool = False
 
     def __init__(self, ctx: DriverContext):
         self.ctx = ctx
@@ -85,6 +110,16 @@ class Driver(ABC):
         then configures their addresses again).
         """
         return []
+
+    def owned_netns(self, network: Network) -> set[str]:
+        """Paths of the namespaces the driver keeps for this network (reconcile keeps them)."""
+        return set()
+
+    def peer_add(self, network: Network, peer: Peer) -> None:  # noqa: B027 - global drivers
+        """A remote endpoint joined (global scope): program the way to it."""
+
+    def peer_delete(self, network: Network, peer: Peer) -> None:  # noqa: B027
+        pass
 
     def owned_links(self, network: Network, endpoints: list[Endpoint]) -> set[str]:
         """Names of the host-namespace links this network legitimately owns."""
