@@ -1,0 +1,68 @@
+"""The Store interface backed by etcd (multi-host: `--cluster-store etcd://...`).
+
+Every Store.commit is one etcd txn: the `absent` guards become create_revision == 0
+compares, the success branch deletes then puts, and the failure branch reads the guarded
+keys so that Conflict can name the one that exists without a second round trip.
+"""
+
+from __future__ import annotations
+
+from cnet.cnm.errors import Conflict
+from cnet.cnm.etcd import Compare, EtcdClient, Op
+from cnet.cnm.store import Store, Txn, Value
+
+
+class EtcdStore(Store):
+    def __init__(
+        self,
+        endpoints: list[str] | str | None = None,
+        *,
+        prefix: str = "/cnet/",
+        timeout: float = 2.0,
+        client: EtcdClient | None = None,
+    ):
+        super().__init__()
+        if client is None:
+            if not endpoints:
+                raise ValueError("EtcdStore: endpoints or client required")
+            client = EtcdClient(endpoints, prefix=prefix, timeout=timeout)
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self.client = client
+        self.endpoints = list(client.endpoints)
+        #: what `cnet info` shows as the store's location
+        self.path = "etcd://" + ",".join(self.endpoints) + client.prefix.rstrip("/")
+        #: lease id attached to puts of the keys a Txn lists in `leased` (0: none)
+        self.lease = 0
+
+    def get(self, key: str) -> Value | None:
+        kv = self.client.get(key)
+        return kv.value if kv else None
+
+    def list(self, prefix: str) -> dict[str, Value]:
+        kvs, _ = self.client.range(prefix)
+        return {kv.key: kv.value for kv in kvs}
+
+    def _commit(self, txn: Txn) -> None:
+        leased = set(getattr(txn, "leased", None) or ())
+        # etcd rejects a txn naming one key twice; a delete followed by a put of the same
+        # key is just the put (as in SQLiteStore, where the put wins).
+        deletes = list(dict.fromkeys(k for k in txn.deletes if k not in txn.puts))
+        success = [Op.delete(k) for k in deletes] + [
+            Op.put(k, v, lease=self.lease if k in leased else 0) for k, v in txn.puts.items()
+        ]
+        absent = list(dict.fromkeys(txn.absent))
+        if not success and not absent:
+            return
+        res = self.client.txn_ex(
+            [Compare.absent(k) for k in absent], success, [Op.get(k) for k in absent]
+        )
+        if not res.succeeded:
+            existing = [kvs[0].key for kvs in res.reads if kvs]
+            key = existing[0] if existing else absent[0]
+            raise Conflict(f"store key {key} already exists")
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
