@@ -373,6 +373,10 @@ class EtcdClient:
         r = self._call("/v3/kv/range", {"key": self._key(""), "count_only": True})
         return _int(r["header"], "revision")
 
+    def compact(self, revision: int) -> None:
+        """Discard history before `revision` (older watches get on_reset)."""
+        self._call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+
     def put(self, key: str, value: Value, lease: int = 0) -> int:
         body = {"key": self._key(key), "value": _b64(_encode_value(value))}
         if lease:

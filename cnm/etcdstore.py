@@ -15,20 +15,18 @@ from cnet.cnm.store import Store, Txn, Value
 class EtcdStore(Store):
     def __init__(
         self,
-        endpoints: list[str] | str | None = None,
+        client: EtcdClient | list[str] | str,
         *,
         prefix: str = "/cnet/",
         timeout: float = 2.0,
-        client: EtcdClient | None = None,
     ):
+        """`client`: a shared EtcdClient (not closed by close()), or endpoints to open one."""
         super().__init__()
-        if client is None:
-            if not endpoints:
-                raise ValueError("EtcdStore: endpoints or client required")
-            client = EtcdClient(endpoints, prefix=prefix, timeout=timeout)
-            self._owns_client = True
-        else:
+        if isinstance(client, EtcdClient):
             self._owns_client = False
+        else:
+            client = EtcdClient(client, prefix=prefix, timeout=timeout)
+            self._owns_client = True
         self.client = client
         self.endpoints = list(client.endpoints)
         #: what `cnet info` shows as the store's location

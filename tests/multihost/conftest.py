@@ -1,0 +1,82 @@
+"""Multi-host fixtures: an underlay of host namespaces and a three-member etcd cluster.
+
+- `etcd3` (module scope): Underlay(3) (hosts 10.99.0.1-3 on one bridge, see underlay.py)
+  with etcd member i in host i's namespace on 10.99.0.(i+1):2379. Yields an Etcd3 with
+  `.underlay`, `.members`, `.endpoints` ("10.99.0.1:2379,10.99.0.2:2379,10.99.0.3:2379")
+  and `.endpoint_list`. Built before the first test of the module that asks for it, i.e.
+  before that test's leak-check snapshot, so the leak check never reports it; torn down
+  after the module's last test (namespaces deleted, no etcd process left).
+  A test that stops or kills members need not restart them: after every test using
+  `etcd3`, stopped members are started again and the cluster is waited healthy.
+
+Talk to the cluster from a host namespace: `with etcdharness.in_netns(ns): ...`.
+Everything here is skipped (with the reason) when not root, or `ip`/`nsenter`/etcd are
+missing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import etcdharness
+import pytest
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # `import underlay` from the tests of this folder
+    sys.path.insert(0, _HERE)
+
+from underlay import Underlay  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.path).startswith(_HERE + "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _multihost_requirements():
+    reason = etcdharness.requirements_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@dataclass
+class Etcd3:
+    underlay: Underlay
+    members: list[etcdharness.EtcdMember]
+
+    @property
+    def endpoint_list(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(self.endpoint_list)
+
+    def heal(self, timeout: float = 20) -> None:
+        """Start every member that is not running; wait until all are healthy."""
+        for m in self.members:
+            if not m.running:
+                m.start()
+        etcdharness.wait_healthy(self.members, timeout)
+
+
+@pytest.fixture(scope="module")
+def etcd3():
+    reason = etcdharness.requirements_missing()
+    if reason:
+        pytest.skip(reason)
+    with Underlay(3) as u:
+        spec = [(f"m{i + 1}", ns, ip) for i, (ns, ip) in enumerate(u.hosts)]
+        with etcdharness.etcd_cluster(spec) as members:
+            yield Etcd3(u, members)
+
+
+@pytest.fixture(autouse=True)
+def _heal_etcd3(request):
+    yield
+    if "etcd3" in request.fixturenames:
+        request.getfixturevalue("etcd3").heal()
