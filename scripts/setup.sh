@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     nftables python3-nftables libnftables1 iproute2 python3-venv python3-pip
     runc busybox-static tcpdump dnsmasq iputils-ping netcat-openbsd procps
-    util-linux psmisc curl bind9-dnsutils
+    util-linux psmisc curl bind9-dnsutils etcd-server etcd-client iperf3
 )
 VENV=.venv
 STAMP="$VENV/.installed"
