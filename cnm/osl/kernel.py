@@ -5,9 +5,10 @@ Everything here runs on the daemon's kernel worker thread (see netlink.py).
 
 from __future__ import annotations
 
+import functools
 import os
 
-from cnet.cnm.osl import namespaces, sysctl
+from cnet.cnm.osl import features, namespaces, sysctl
 from cnet.cnm.osl.netlink import KernelError, Netlink
 
 __all__ = ["Kernel", "KernelError"]
@@ -54,6 +55,10 @@ class Kernel:
             nl.close()
         namespaces.remove(key)
 
+    def is_netns(self, key: str) -> bool:
+        """True when `key` is a mounted namespace file (it may outlive the daemon)."""
+        return namespaces.is_netns(key)
+
     def list_netns(self) -> list[str]:
         return [os.path.join(self.netns_dir, n) for n in namespaces.listdir(self.netns_dir)]
 
@@ -69,6 +74,27 @@ class Kernel:
             nl.add_address(idx, cidr)
         nl.set_up(idx)
 
+    def create_vxlan(self, key: str, ifname: str, *, vni: int, port: int, local: str,
+                     mtu: int | None, alias: str, master: int | None) -> int:
+        """A VXLAN device inside namespace `key`, up, on bridge `master`, whose UDP socket
+        stays in the daemon's namespace (see Netlink.create_vxlan_into). Returns its index."""
+        self.host.create_vxlan_into(ifname, key, vni=vni, port=port, local=local, mtu=mtu)
+        nl = self.sandbox(key)
+        try:
+            idx = nl.index(ifname)
+            if idx is None:
+                raise KernelError(f"create vxlan {ifname}",
+                                  FileNotFoundError("not found after creation"))
+            nl.set_link(idx, alias=alias, master=master, up=True)
+        except BaseException:
+            nl.delete_link(ifname)
+            raise
+        return idx
+
+    def enable_ipv6(self, key: str, ifname: str) -> None:
+        """Switch IPv6 back on for one interface of namespace `key` (off by default there)."""
+        sysctl.write(f"net.ipv6.conf.{ifname}.disable_ipv6", "0", netns=key)
+
     # -- daemon namespace ---------------------------------------------------------------
     def allow_localnet(self, ifname: str) -> None:
         """Let DNAT'd 127.0.0.1 traffic (published ports) leave through `ifname`."""
@@ -79,6 +105,11 @@ class Kernel:
         if ipv6:
             sysctl.ensure("net.ipv6.conf.all.forwarding", "1")
 
+    @staticmethod
+    def has_esp() -> bool:
+        """IPsec ESP in the kernel (encrypted overlays); probed once per process."""
+        return _has_esp()
+
     def close(self) -> None:
         for nl in self._sandboxes.values():
             nl.close()
@@ -86,3 +117,9 @@ class Kernel:
         if self._host is not None:
             self._host.close()
             self._host = None
+
+
+@functools.cache
+def _has_esp() -> bool:
+    # features.probe's check: ESP has no link kind to try, so look for its symbols
+    return features._kernel_has_symbol("esp_input", "esp4_init")

@@ -21,6 +21,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 NETLINK_ROUTE = 0
 IFA_F_NODAD = 0x02
+AF_BRIDGE = 7
+NTF_SELF = 0x02
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
 
 
 class KernelError(Exception):
@@ -43,8 +47,21 @@ class LinkInfo:
     address: str | None
 
 
+@dataclass(frozen=True)
+class VxlanConfig:
+    vni: int
+    port: int
+    local: str | None
+    socket_elsewhere: bool  # its UDP socket lives in another namespace than the link
+
+
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def _dump(fn, **kwargs) -> list:
+    """A dump read to the end, so that errors surface inside Netlink._call."""
+    return list(fn("dump", **kwargs))
 
 
 class Netlink:
@@ -148,6 +165,127 @@ class Netlink:
 
     def set_up(self, index: int) -> None:
         self._call("bring link up", self._ipr.link, "set", index=index, state="up")
+
+    def set_link(self, index: int, *, alias: str | None = None, master: int | None = None,
+                 up: bool = False) -> None:
+        """Set alias, bridge and state of a link in one request (what is None stays)."""
+        kwargs: dict = {}
+        if alias is not None:
+            kwargs["ifalias"] = alias
+        if master is not None:
+            kwargs["master"] = master
+        if up:
+            kwargs["state"] = "up"
+        if kwargs:
+            self._call("configure link", self._ipr.link, "set", index=index, **kwargs)
+
+    def link_mtu(self, index: int) -> int | None:
+        found = self._call("read link", self._ipr.get_links, index)
+        return found[0].get_attr("IFLA_MTU") if found else None
+
+    def mtu_of_address(self, ip: str) -> int | None:
+        """The MTU of the link that holds address `ip` in this namespace (None: no such)."""
+        family = _family(ip)
+        for msg in self._call("list addresses", self._ipr.get_addr, family=family):
+            if msg.get_attr("IFA_ADDRESS") == ip or msg.get_attr("IFA_LOCAL") == ip:
+                return self.link_mtu(msg["index"])
+        return None
+
+    # -- VXLAN, forwarding database, neighbours -------------------------------
+    def create_vxlan_into(self, ifname: str, netns_path: str, *, vni: int, port: int,
+                          local: str, mtu: int | None = None) -> None:
+        """Create a VXLAN link born inside `netns_path`, its UDP socket in *this* namespace.
+
+        The kernel opens a VXLAN's socket in the namespace whose handle created it
+        (IFLA_NET_NS_FD only chooses where the device lives): created through the host
+        handle, the tunnel's packets enter and leave by the host's underlay while the
+        device sits in the overlay namespace. Static FDB only: no learning, the VTEP
+        answers ARP/ND from its neighbour table (proxy), no l2miss/l3miss upcalls.
+
+        The kernel does not apply IFLA_IFALIAS on creation, so the caller sets the
+        alias (with bridge and up state) from a handle inside `netns_path`: this
+        handle cannot see the device any more.
+        """
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            kwargs: dict = {
+                "vxlan_id": vni, "vxlan_port": port, "vxlan_learning": 0,
+                "vxlan_proxy": 1, "vxlan_l2miss": 0, "vxlan_l3miss": 0,
+                "net_ns_fd": fd,
+            }
+            kwargs["vxlan_local6" if ":" in local else "vxlan_local"] = local
+            if mtu:
+                kwargs["mtu"] = mtu
+            self._call(f"create vxlan {ifname} (VNI {vni})", self._ipr.link, "add",
+                       ifname=ifname, kind="vxlan", **kwargs)
+        finally:
+            os.close(fd)
+
+    def vxlan_config(self, index: int) -> VxlanConfig | None:
+        """What a VXLAN link was made with (None: not a VXLAN)."""
+        found = self._call("read link", self._ipr.get_links, index)
+        linkinfo = found[0].get_attr("IFLA_LINKINFO") if found else None
+        if not linkinfo or linkinfo.get_attr("IFLA_INFO_KIND") != "vxlan":
+            return None
+        data = linkinfo.get_attr("IFLA_INFO_DATA")
+        return VxlanConfig(
+            vni=data.get_attr("IFLA_VXLAN_ID"),
+            port=data.get_attr("IFLA_VXLAN_PORT"),
+            local=data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6"),
+            # the kernel names the socket's namespace only when it is not the link's own
+            socket_elsewhere=found[0].get_attr("IFLA_LINK_NETNSID") is not None,
+        )
+
+    def fdb_add(self, index: int, mac: str, dst: str) -> None:
+        """Static forwarding entry on a VXLAN: frames to `mac` go to VTEP `dst`
+        (`bridge fdb replace MAC dev VXLAN dst DST self permanent`; replaces a previous dst)."""
+        self._call(f"add fdb entry {mac} dst {dst}", self._ipr.neigh, "replace",
+                   family=AF_BRIDGE, ifindex=index, lladdr=mac, dst=dst,
+                   state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+
+    def fdb_del(self, index: int, mac: str, dst: str | None = None) -> bool:
+        """Delete a static forwarding entry (only the `dst` remote if given); False if absent."""
+        kwargs: dict = {"dst": dst} if dst else {}
+        try:
+            self._ipr.neigh("del", family=AF_BRIDGE, ifindex=index, lladdr=mac,
+                            state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF, **kwargs)
+            return True
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.ESRCH):
+                return False
+            raise KernelError(f"delete fdb entry {mac}", exc) from None
+
+    def fdb_entries(self, index: int) -> list[tuple[str, str | None]]:
+        """(MAC, remote VTEP or None) of the link's own forwarding entries (`self`)."""
+        out = []
+        for msg in self._call("list fdb", _dump, self._ipr.neigh, family=AF_BRIDGE):
+            if msg["ifindex"] == index and msg["flags"] & NTF_SELF:
+                out.append((msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")))
+        return out
+
+    def neigh_add(self, index: int, ip: str, mac: str) -> None:
+        """Permanent neighbour entry `ip lladdr mac` on the link (replaces a previous one)."""
+        self._call(f"add neighbour {ip}", self._ipr.neigh, "replace", family=_family(ip),
+                   ifindex=index, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+
+    def neigh_del(self, index: int, ip: str) -> bool:
+        """Delete a neighbour entry; False when there was none."""
+        try:
+            self._ipr.neigh("del", family=_family(ip), ifindex=index, dst=ip)
+            return True
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.ESRCH):
+                return False
+            raise KernelError(f"delete neighbour {ip}", exc) from None
+
+    def neigh_entries(self, index: int) -> list[tuple[str, str | None]]:
+        """(IP, MAC) of the permanent IPv4/IPv6 neighbour entries on the link."""
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._call("list neighbours", _dump, self._ipr.neigh, family=family):
+                if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT:
+                    out.append((msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")))
+        return out
 
     def delete_link(self, ifname: str) -> bool:
         """Delete a link by name; False when it was already gone."""
