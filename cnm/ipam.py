@@ -23,6 +23,8 @@ from netaddr import AddrFormatError, IPAddress, IPNetwork
 DEFAULT_POOLS: list[tuple[str, int]] = [(f"172.{n}.0.0/16", 16) for n in range(17, 32)] + [
     ("192.168.0.0/16", 20)
 ]
+# Global-scope (overlay) networks without a subnet: Docker swarm's default 10.0.0.0/8 in /24s.
+GLOBAL_POOLS: list[tuple[str, int]] = [("10.0.0.0/8", 24)]
 
 
 @dataclass
@@ -171,32 +173,35 @@ class Ipam:
         self._networks: dict[str, list[SubnetAllocator]] = {}
 
     # -- pools --------------------------------------------------------------
-    def plan(self, configs: list[dict], enable_ipv6: bool) -> list[PoolConfig]:
-        """Validate requested IPAM configs and pick missing subnets; registers nothing."""
-        pools = [self._validate(c) for c in configs]
+    def plan(self, configs: list[dict], enable_ipv6: bool,
+             pools: list[tuple[str, int]] | None = None) -> list[PoolConfig]:
+        """Validate requested IPAM configs and pick missing subnets (from `pools` if given,
+        else the daemon's default pools); registers nothing."""
+        planned = [self._validate(c) for c in configs]
         for version in (4, 6):
-            mine = [p for p in pools if IPNetwork(p.subnet).version == version]
+            mine = [p for p in planned if IPNetwork(p.subnet).version == version]
             if len(mine) > 1:
                 raise InvalidParameter(f"only one IPv{version} subnet per network is supported")
-        if any(p.v6 for p in pools) and not enable_ipv6:
+        if any(p.v6 for p in planned) and not enable_ipv6:
             raise InvalidParameter("an IPv6 subnet needs --ipv6")
         seen: list[IPNetwork] = []
-        for p in pools:
+        for p in planned:
             net = IPNetwork(p.subnet)
             if any(net in o or o in net for o in seen) or self._used[net.version].overlaps(
                 int(net.first), int(net.last)
             ):
                 raise Conflict(f"Pool overlaps with other one on this address space: {net}")
             seen.append(net)
-        if not any(not p.v6 for p in pools):
-            pools.insert(0, PoolConfig(str(self._pick(4))))
-        if enable_ipv6 and not any(p.v6 for p in pools):
-            pools.append(PoolConfig(str(self._pick(6))))
-        for p in pools:
+        candidates = [(IPNetwork(b), s) for b, s in pools] if pools else self.pools
+        if not any(not p.v6 for p in planned):
+            planned.insert(0, PoolConfig(str(self._pick(4, candidates))))
+        if enable_ipv6 and not any(p.v6 for p in planned):
+            planned.append(PoolConfig(str(self._pick(6, candidates))))
+        for p in planned:
             if not p.gateway:
                 net = IPNetwork(p.subnet)
                 p.gateway = str(IPAddress(net.first + 1, net.version))
-        return pools
+        return planned
 
     def _validate(self, c: dict) -> PoolConfig:
         if not c.get("Subnet"):
@@ -227,19 +232,20 @@ class Ipam:
             pool.aux[name] = str(aux)
         return pool
 
-    def _candidates(self, version: int) -> Iterator[IPNetwork]:
+    def _candidates(self, version: int, pools: list[tuple[IPNetwork, int]]
+                    ) -> Iterator[IPNetwork]:
         if version == 6:
             yield from self.ula.subnet(64)
             return
-        for base, size in self.pools:
+        for base, size in pools:
             if base.version == 4:
                 yield from base.subnet(size)
 
-    def _pick(self, version: int) -> IPNetwork:
+    def _pick(self, version: int, pools: list[tuple[IPNetwork, int]]) -> IPNetwork:
         host = [IPNetwork(p) for p in self.host_prefixes()]
         host = [h for h in host if h.version == version and h.prefixlen > 0]
         used = self._used[version]
-        for cand in self._candidates(version):
+        for cand in self._candidates(version, pools):
             first, last = int(cand.first), int(cand.last)
             if used.overlaps(first, last):
                 continue
@@ -276,6 +282,16 @@ class Ipam:
             raise InvalidParameter(f"network has no IPv{version} subnet")
         addr = alloc.allocate(ip)
         return f"{addr}/{alloc.subnet.prefixlen}"
+
+    def mark(self, network_id: str, ip: str, used: bool) -> None:
+        """Another node took (or gave back) `ip` on a global network: keep the cache in step."""
+        alloc = self._allocator(network_id, IPAddress(ip).version)
+        if alloc is None:
+            return
+        if used:
+            alloc.used.add(int(IPAddress(ip)))
+        else:
+            alloc.release(ip)
 
     def release(self, network_id: str, cidr: str) -> None:
         ip = cidr.split("/")[0]

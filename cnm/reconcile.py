@@ -8,6 +8,7 @@ file under the exec root, the `inet cnet` table) but are unknown are removed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from cnet.cnm.controller import Controller
 from cnet.cnm.model import Endpoint, Network, Sandbox
@@ -18,10 +19,11 @@ from cnet.cnm.store import Txn
 log = logging.getLogger(__name__)
 
 
-def load(ctl: Controller) -> None:
-    """Fill the controller's tables and the IPAM allocators from the store."""
-    for rec in ctl.store.list("network/").values():
-        net = Network.from_record(rec)
+def load(ctl: Controller, global_networks: Iterable[Network] = ()) -> None:
+    """Fill the controller's tables and the IPAM allocators from the store (and the
+    cluster store's networks, read first: this node's endpoints may sit on them)."""
+    for net in [*global_networks,
+                *(Network.from_record(r) for r in ctl.store.list("network/").values())]:
         ctl.networks[net.id] = net
         ctl.ipam.register(net.id, net.pools)
     for rec in ctl.store.list("sandbox/").values():
@@ -37,7 +39,7 @@ def load(ctl: Controller) -> None:
         for cidr in (ep.ipv4, ep.ipv6):
             if cidr:
                 ctl.ipam.allocate(ep.network_id, 6 if ":" in cidr else 4, cidr.split("/")[0])
-    for key, rec in ctl.store.list("ipam/").items():
+    for key, rec in ctl.store.list("ipam/").items():  # local scope only
         if rec.get("endpoint") not in ctl.endpoints:
             stale.deletes.append(key)
     for sb in ctl.sandboxes.values():
@@ -51,11 +53,6 @@ def reconcile(ctl: Controller) -> None:
     """Make the kernel match the loaded state; best effort, errors are logged."""
     kernel = ctl.kernel
     kernel.prepare()
-    known_keys = {sb.key for sb in ctl.sandboxes.values()}
-    for path in kernel.list_netns():
-        if path not in known_keys:
-            log.info("removing unknown namespace %s", path)
-            kernel.remove_netns(path)
     for sb in ctl.sandboxes.values():
         if not namespaces.is_netns(sb.key):
             log.info("recreating namespace of sandbox %s", sb.name)
@@ -78,6 +75,14 @@ def reconcile(ctl: Controller) -> None:
         except Exception:
             log.exception("could not restore network %s", net.name)
         owned |= ctl.driver(net).owned_links(net, eps)
+    # After the drivers' restore: a driver may keep namespaces of its own (overlays).
+    known_keys = {sb.key for sb in ctl.sandboxes.values()}
+    for net in ctl.networks.values():
+        known_keys |= ctl.driver(net).owned_netns(net)
+    for path in kernel.list_netns():
+        if path not in known_keys:
+            log.info("removing unknown namespace %s", path)
+            kernel.remove_netns(path)
     for sb in ctl.sandboxes.values():
         try:
             ctl._apply_routes(sb, force=True)

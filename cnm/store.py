@@ -30,6 +30,7 @@ class Txn:
     puts: dict[str, Value] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)  # keys that must not exist
+    leased: list[str] = field(default_factory=list)  # puts tied to the node's lease (etcd)
 
 
 class Store(ABC):
