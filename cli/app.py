@@ -22,6 +22,7 @@ COMMANDS = {
     "volume": ("cnet.cli.volume:volume", "Manage volumes."),
     "container": ("cnet.cli.container:container", "Manage containers."),
     "dns": ("cnet.cli.dns:dns", "Inspect the embedded DNS."),
+    "node": ("cnet.cli.node:node", "Manage the cluster's nodes."),
     "run": ("cnet.cli.container:run", "Create and run a new container from an image."),
     "create": ("cnet.cli.container:create", "Create a new container."),
     "start": ("cnet.cli.container:start", "Start one or more stopped containers."),

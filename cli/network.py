@@ -115,10 +115,13 @@ def ls(quiet: bool, no_trunc: bool, filters: dict[str, list[str]], fmt: str) -> 
 
 
 @network.command()
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the peers of an overlay (nodes and their endpoints).")
 @click.argument("names", nargs=-1, required=True, metavar="NETWORK...")
-def inspect(names: tuple[str, ...]) -> None:
+def inspect(verbose: bool, names: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks."""
-    inspect_each(names, _path, "network")
+    path = (lambda n: _path(n) + "?verbose=true") if verbose else _path
+    inspect_each(names, path, "network")
 
 
 @network.command()

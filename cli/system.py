@@ -33,6 +33,10 @@ def info(fmt: str) -> None:
         ("Cgroup Version", data.get("CgroupVersion", "")),
     ):
         click.echo(f"{label}: {value}")
+    cluster = data.get("Cluster")
+    click.echo("Cluster: " + ("inactive (single host)" if not cluster else
+                              f"{cluster['Store']} as node {cluster['NodeName']} "
+                              f"({cluster['NodeID']}, {cluster['AdvertiseAddr']})"))
     features: list[dict[str, Any]] = data.get("KernelFeatures") or []
     click.echo("Kernel Features:")
     print_table(

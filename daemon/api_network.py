@@ -8,7 +8,7 @@ from typing import Any
 from cnet.cnm.errors import InvalidParameter, NotFound
 from cnet.daemon.api import Request, route
 from cnet.daemon.app import App
-from cnet.daemon.views import endpoint_view, network_view, sandbox_view
+from cnet.daemon.views import endpoint_view, network_peers, network_view, sandbox_view
 
 
 def _filters(req: Request) -> dict[str, list[str]]:
@@ -66,7 +66,11 @@ def network_list(app: App, req: Request) -> tuple[int, Any]:
 @route("GET", "/networks/([^/]+)")
 def network_inspect(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    return 200, network_view(ctl, ctl.network(req.params[0]))
+    net = ctl.network(req.params[0])
+    view = network_view(ctl, net)
+    if req.query.get("verbose") in ("1", "true") and net.scope == "global":
+        view["Peers"] = network_peers(ctl, net)
+    return 200, view
 
 
 @route("DELETE", "/networks/([^/]+)")

@@ -18,3 +18,4 @@ class App:
     volumes: Any = None
     containers: Any = None
     dns: Any = None  # cnet.dns.server.DNSServer
+    cluster: Any = None  # cnet.cnm.cluster.Cluster when --cluster-store is given

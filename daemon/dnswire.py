@@ -15,12 +15,16 @@ import threading
 from collections.abc import Callable
 
 from cnet.cnm.controller import Controller
-from cnet.cnm.model import Endpoint, Sandbox
+from cnet.cnm.model import Endpoint, Network, Sandbox
 from cnet.dns.forwarder import Upstream, upstreams_from_resolv_conf
 from cnet.dns.names import NameTable
 from cnet.dns.server import DNSServer
 
 log = logging.getLogger(__name__)
+
+
+def _addr(cidr: str | None) -> str | None:
+    return (cidr or "").split("/")[0] or None
 # sandbox id -> (extra names: short id, hostname; per-container upstreams) for containers
 ContainerInfo = Callable[[str], tuple[list[str], list[str]] | None]
 
@@ -44,18 +48,35 @@ class DNSWiring:
         self._default_upstreams = upstreams()  # re-read only when resolv.conf changes
         self.container_info = container_info
 
+    def names_for(self, ep: Endpoint, sb: Sandbox) -> list[str]:
+        """The names an endpoint answers to: sandbox name, aliases, container extras."""
+        names = [sb.name, *ep.aliases]
+        info = self.container_info(sb.id)
+        if info:
+            names += info[0]
+        return names
+
     # -- controller listener --------------------------------------------------------
     def endpoint_joined(self, ep: Endpoint, sb: Sandbox) -> None:
         net = self.ctl.networks[ep.network_id]
         if net.user_defined:
-            names = [sb.name, *ep.aliases]
-            info = self.container_info(sb.id)
-            if info:
-                names += info[0]
-            self.names.set_endpoint(net.id, net.name, ep.id, names,
-                                    (ep.ipv4 or "").split("/")[0] or None,
-                                    (ep.ipv6 or "").split("/")[0] or None)
+            self.names.set_endpoint(net.id, net.name, ep.id, self.names_for(ep, sb),
+                                    _addr(ep.ipv4), _addr(ep.ipv6))
         self._sync(sb)
+
+    def peer_joined(self, net: Network, endpoint_id: str, rec: dict) -> None:
+        """An endpoint on another node of a global network: its names resolve here too."""
+        try:
+            self.names.set_endpoint(net.id, net.name, endpoint_id, rec.get("names") or [],
+                                    _addr(rec.get("ipv4")), _addr(rec.get("ipv6")))
+        except ValueError as exc:  # a name another node accepted but we cannot serve
+            log.warning("DNS: peer %s of %s not served: %s", endpoint_id[:12], net.name, exc)
+
+    def peer_left(self, net: Network, endpoint_id: str) -> None:
+        self.names.remove_endpoint(endpoint_id)
+
+    def network_removed(self, net: Network) -> None:
+        self.names.remove_network(net.id)
 
     def endpoint_left(self, ep: Endpoint, sb: Sandbox) -> None:
         self.names.remove_endpoint(ep.id)

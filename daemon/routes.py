@@ -6,5 +6,6 @@ from cnet.daemon import (  # noqa: F401
     api_dns,
     api_images,
     api_network,
+    api_nodes,
     api_volumes,
 )

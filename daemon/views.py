@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cnet.cnm import timefmt
-from cnet.cnm.controller import Controller
+from cnet.cnm.controller import VNI_OPTION, Controller
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
 
@@ -34,9 +34,40 @@ def network_view(ctl: Controller, net: Network) -> dict:
         "Attachable": net.attachable,
         "Ingress": False,
         "Containers": containers,
-        "Options": dict(net.options),
+        "Options": _network_options(net),
         "Labels": dict(net.labels),
     }
+
+
+def _network_options(net: Network) -> dict[str, str]:
+    opts = dict(net.options)
+    if "vni" in net.driver_state:  # Docker shows an overlay's VNI this way
+        opts[VNI_OPTION] = str(net.driver_state["vni"])
+    return opts
+
+
+def network_peers(ctl: Controller, net: Network) -> list[dict]:
+    """`network inspect --verbose` of a global network: the nodes that hold endpoints on
+    it (Docker's Peers), each with those endpoints."""
+    nodes: dict[str, dict] = {}
+
+    def node(node_id: str, name: str, addr: str) -> dict:
+        return nodes.setdefault(node_id, {"Name": name, "IP": addr, "Endpoints": []})
+
+    def entry(rec: dict) -> dict:
+        return {"Name": rec.get("sandbox", ""), "EndpointID": rec["endpoint"],
+                "MacAddress": rec.get("mac") or "", "IPv4Address": rec.get("ipv4") or "",
+                "IPv6Address": rec.get("ipv6") or ""}
+
+    if ctl.cluster is not None:
+        for ep in ctl.network_endpoints(net.id):
+            if ep.sandbox_id:
+                sb = ctl.sandboxes[ep.sandbox_id]
+                node(ctl.cluster.node_id, ctl.cluster.node_name, ctl.cluster.advertise_addr)[
+                    "Endpoints"].append(entry(ctl.peer_record(ep, sb)))
+    for rec in ctl.peers.get(net.id, {}).values():
+        node(rec["node"], rec.get("node_name", ""), rec["vtep"])["Endpoints"].append(entry(rec))
+    return sorted(nodes.values(), key=lambda n: n["Name"])
 
 
 def endpoint_settings(ctl: Controller, ep: Endpoint) -> dict:
