@@ -94,3 +94,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             rep.sections.append((f"cnetd log: {d.name} ({d.root})", d.logs() or "(empty)"))
     if rep.failed:
         item.stash[harness.FAILED_KEY] = True
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory):
+    """A busybox rootfs tarball built once per session by scripts/build-busybox-image.sh
+    (integration and multihost tests import it as the `busybox` image)."""
+    out = tmp_path_factory.mktemp("busybox") / "busybox.tar"
+    harness.sh(str(harness.REPO_ROOT / "scripts" / "build-busybox-image.sh"), str(out))
+    return out

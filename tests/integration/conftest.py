@@ -101,14 +101,6 @@ def daemon_factory(request):
                 ns.delete()
 
 
-@pytest.fixture(scope="session")
-def busybox_tar(tmp_path_factory):
-    """A busybox rootfs tarball built once per session by scripts/build-busybox-image.sh."""
-    out = tmp_path_factory.mktemp("busybox") / "busybox.tar"
-    harness.sh(str(harness.REPO_ROOT / "scripts" / "build-busybox-image.sh"), str(out))
-    return out
-
-
 @pytest.fixture
 def cdaemon(daemon, busybox_tar):
     """A daemon with the busybox image imported as `busybox`."""
