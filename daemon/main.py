@@ -8,11 +8,16 @@ import os
 import resource
 import secrets
 import signal
+import socket
 import sys
 import threading
 
+from cnet.cnm.cluster import DEFAULT_TTL, Cluster, parse_cluster_store
 from cnet.cnm.controller import PREDEFINED, Controller
+from cnet.cnm.driverapi import ClusterInfo
 from cnet.cnm.errors import CnetError
+from cnet.cnm.etcd import EtcdClient
+from cnet.cnm.etcdstore import EtcdStore
 from cnet.cnm.ipam import DEFAULT_POOLS, Ipam, parse_pool_option
 from cnet.cnm.osl import features
 from cnet.cnm.osl.kernel import Kernel
@@ -28,6 +33,7 @@ from cnet.drivers.bridge.driver import DEFAULT_BRIDGE, BridgeDriver
 from cnet.drivers.bridge.options import NAME as BRIDGE_NAME_OPTION
 from cnet.drivers.host.driver import HostDriver
 from cnet.drivers.null.driver import NullDriver
+from cnet.drivers.overlay.driver import OverlayDriver
 from cnet.ingress.firewall import Firewall
 from cnet.runtime.cleanup import runtime_cleanup
 from cnet.runtime.containers import ContainerManager, cgroup_parent, cgroup_version
@@ -38,7 +44,7 @@ from cnet.runtime.volumes import VolumeStore
 from cnet import __version__
 
 log = logging.getLogger("cnetd")
-DRIVERS = (BridgeDriver, HostDriver, NullDriver)
+DRIVERS = (BridgeDriver, HostDriver, NullDriver, OverlayDriver)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,13 +65,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="PATH",
                    help="the host resolver configuration the embedded DNS forwards to "
                         "(followed when it changes; ignored with --dns)")
+    p.add_argument("--cluster-store", default="", metavar="etcd://HOST:PORT[,HOST:PORT]",
+                   help="join a cluster whose state is in these etcd members (overlay networks)")
+    p.add_argument("--advertise-addr", default="", metavar="IP",
+                   help="this node's underlay address (VXLAN endpoint); needs --cluster-store")
+    p.add_argument("--node-name", default="", help="this node's name (default: the hostname)")
+    p.add_argument("--node-ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS",
+                   help="a node silent this long is Down and its endpoints leave the "
+                        "cluster (default %(default)s)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every kernel object this daemon owns, then exit")
     p.add_argument("--version", action="version", version=f"cnetd {__version__}")
     args = p.parse_args(argv)
     if not args.host.startswith("unix://"):
         p.error("-H must be unix:///path")
+    if args.cluster_store:
+        try:
+            args.etcd_endpoints = parse_cluster_store(args.cluster_store)
+        except ValueError as exc:
+            p.error(str(exc))
+        if not args.advertise_addr:
+            p.error("--cluster-store needs --advertise-addr IP (this node's underlay address)")
+    elif args.advertise_addr or args.node_name:
+        p.error("--advertise-addr and --node-name need --cluster-store")
+    if not 2 <= args.node_ttl <= 3600:
+        p.error("--node-ttl must be between 2 and 3600 seconds")
     return args
+
+
+def check_advertise_addr(addr: str) -> None:
+    """The VXLAN endpoint must be an address of this host (namespace)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((addr, 0))
+    except OSError as exc:
+        raise CnetError(f"--advertise-addr {addr}: not an address of this host "
+                        f"({exc.strerror or exc})") from None
+
+
+def connect_cluster(args: argparse.Namespace, daemon_id: str, submit) -> Cluster:
+    """The etcd client (waiting, with retries, until a member answers) and this node."""
+    check_advertise_addr(args.advertise_addr)
+    client = EtcdClient(args.etcd_endpoints)
+
+    def unreachable(reason: str) -> None:
+        log.error("cluster store %s unreachable: %s (retrying)", args.cluster_store, reason)
+
+    client.wait_until_reachable(on_error=unreachable)
+    info = ClusterInfo(node_id=daemon_id, node_name=args.node_name or socket.gethostname(),
+                       advertise_addr=args.advertise_addr)
+    return Cluster(client, EtcdStore(client), info, submit, ttl=args.node_ttl)
 
 
 def daemon_identity(store: Store) -> dict:
@@ -79,18 +129,23 @@ def daemon_identity(store: Store) -> dict:
     return ident
 
 
-def build(args: argparse.Namespace) -> Controller:
-    """Everything but the server: store, kernel, firewall, IPAM, drivers, controller."""
+def build(args: argparse.Namespace, submit=None) -> tuple[Controller, Cluster | None]:
+    """Everything but the server: stores, kernel, firewall, IPAM, drivers, controller."""
     store = SQLiteStore(os.path.join(args.data_root, "cnet.db"))
     ident = daemon_identity(store)
+    cluster = None
+    if args.cluster_store and not args.cleanup:
+        cluster = connect_cluster(args, ident["id"], submit)
     kernel = Kernel(os.path.join(args.exec_root, "netns"))
     pools = [parse_pool_option(p) for p in args.default_address_pool] or DEFAULT_POOLS
     ipam = Ipam(pools, ident["ula"], host_prefixes=lambda: kernel.host.route_prefixes())
     ctl = Controller(store, kernel, Firewall(), ipam, ident["id"],
-                     default_bridge=args.bridge != "none")
+                     default_bridge=args.bridge != "none",
+                     gstore=cluster.store if cluster else None,
+                     cluster=cluster.info if cluster else None)
     for cls in DRIVERS:
         ctl.register_driver(cls)
-    return ctl
+    return ctl, cluster
 
 
 def ensure_predefined(ctl: Controller) -> None:
@@ -107,7 +162,8 @@ def ensure_predefined(ctl: Controller) -> None:
 
 def start(app: App, args: argparse.Namespace) -> None:
     ctl = app.controller
-    load(ctl)
+    snap = app.cluster.snapshot() if app.cluster else None
+    load(ctl, Cluster.networks(snap) if snap else ())
     reconcile(ctl)
     ensure_predefined(ctl)
     app.images = ImageStore(os.path.join(args.data_root, "images"), ctl.store)
@@ -121,21 +177,31 @@ def start(app: App, args: argparse.Namespace) -> None:
                        lambda: args.dns or host_upstreams(args.resolv_conf),
                        app.containers.dns_info)
     ctl.listeners.append(wiring)
+    ctl.endpoint_names = wiring.names_for
     wiring.restore()
     if not args.dns:
         wiring.watch_resolv_conf(app.worker.submit, args.resolv_conf)
+    if app.cluster and snap:
+        app.cluster.start(ctl, snap)
     app.containers.restore()
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
         "DataRoot": args.data_root,
         "ExecRoot": args.exec_root,
         "Store": {"Type": "sqlite", "Path": ctl.store.path},  # type: ignore[attr-defined]
+        "Cluster": cluster_info(app.cluster, args) if app.cluster else None,
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": cgroup_version(),
         "KernelFeatures": [
             {"Name": f.name, "Present": f.present, "Disables": f.disables} for f in feats
         ],
     }
+
+
+def cluster_info(cluster: Cluster, args: argparse.Namespace) -> dict:
+    return {"Store": args.cluster_store, "NodeID": cluster.info.node_id,
+            "NodeName": cluster.info.node_name, "AdvertiseAddr": cluster.info.advertise_addr,
+            "NodeTTL": cluster.ttl}
 
 
 def raise_nofile_limit() -> None:
@@ -154,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its debug is per message
     worker = KernelWorker()
     try:
-        ctl = worker.run(build, args)
+        ctl, cluster = worker.run(build, args, worker.submit)
         if args.cleanup:
             errors = runtime_cleanup(args.exec_root, cgroup_parent(ctl.daemon_id))
             errors += worker.run(cleanup, ctl)
             for e in errors:
                 print(f"cnetd: cleanup: {e}", file=sys.stderr)
             return 1 if errors else 0
-        app = App(controller=ctl, worker=worker)
+        app = App(controller=ctl, worker=worker, cluster=cluster)
         worker.run(start, app, args)
     except CnetError as exc:
         print(f"cnetd: {exc}", file=sys.stderr)
@@ -182,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     os.unlink(server.server_address) if os.path.exists(server.server_address) else None
     if app.dns is not None:
         app.dns.close()
+    if app.cluster is not None:
+        app.cluster.stop()
     worker.run(ctl.store.close)
     worker.shutdown()
     return 0
