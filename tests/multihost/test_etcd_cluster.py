@@ -128,3 +128,39 @@ def test_follower_stopped_reads_and_writes_go_on(etcd3):
             client.delete_prefix("")
             client.close()
     # the conftest restarts the follower after the test
+
+
+def test_quorum_lost_fails_fast_then_watch_resumes(etcd3):
+    m1, m2, m3 = etcd3.members
+    prefix = f"/t{secrets.token_hex(4)}/"
+    with etcdharness.in_netns(m3.ns):
+        client = EtcdClient([m3.endpoint], prefix=prefix)
+        events: list[Event] = []
+        w = client.watch("q/", 0, events.extend)
+        try:
+            assert w.wait_created(5)
+            client.put("q/a", {"v": 1})
+            harness.wait_for(lambda: len(events) == 1, timeout=1, what="first event")
+            m1.kill()
+            m2.kill()
+
+            def no_leader() -> str | None:
+                try:
+                    client.get("q/a")
+                except EtcdUnavailable as e:
+                    return str(e) if "no leader" in str(e) else None
+                return None
+
+            msg = harness.wait_for(no_leader, timeout=10, interval=0.2, what="no leader")
+            assert msg == f"cluster store unavailable: {m3.endpoint}: etcdserver: no leader"
+            st = client.status()[m3.endpoint]
+            assert st == {"ok": False, "error": "etcdserver: no leader"}
+            etcd3.heal()
+            client.put("q/b", {"v": 2})
+            harness.wait_for(lambda: len(events) >= 2, timeout=5, what="event after quorum")
+            time.sleep(0.1)
+            assert [e.key for e in events] == ["q/a", "q/b"]
+        finally:
+            w.cancel()
+            client.delete_prefix("")
+            client.close()
