@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cnet.cnm import timefmt
-from cnet.cnm.controller import VNI_OPTION, Controller
+from cnet.cnm.controller import GATEWAY_NETWORK, VNI_OPTION, Controller
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
 
@@ -116,7 +116,9 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
     networks = {}
     for ep_id in sb.endpoints if sb else []:
         ep = ctl.endpoints[ep_id]
-        networks[ctl.networks[ep.network_id].name] = endpoint_settings(ctl, ep)
+        name = ctl.networks[ep.network_id].name
+        if name != GATEWAY_NETWORK:  # as Docker hides docker_gwbridge
+            networks[name] = endpoint_settings(ctl, ep)
     for name, cfg in (c.get("Networks") or {}).items():  # configured, not attached (stopped)
         if name not in networks:
             net = next((n for n in ctl.networks.values() if n.name == name), None)

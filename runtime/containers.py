@@ -415,7 +415,9 @@ class ContainerManager:
     def _disconnect_all(self, c: dict) -> None:
         sb = self.ctl.sandboxes.get(c["Id"])
         for ep_id in list(sb.endpoints if sb else []):
-            ep = self.ctl.endpoints[ep_id]
+            ep = self.ctl.endpoints.get(ep_id)
+            if ep is None:  # the gateway-bridge endpoint left with the last overlay
+                continue
             try:
                 self.ctl.disconnect(ep.network_id, c["Id"])
             except CnetError:
