@@ -57,6 +57,7 @@ class Cluster:
         self._stop = threading.Event()
         self._watch = None
         self._keepalive: threading.Thread | None = None
+        store.on_lease_lost = self._rejoin
 
     # -- start ---------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

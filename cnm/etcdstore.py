@@ -7,8 +7,10 @@ keys so that Conflict can name the one that exists without a second round trip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cnet.cnm.errors import Conflict
-from cnet.cnm.etcd import Compare, EtcdClient, Op
+from cnet.cnm.etcd import Compare, EtcdClient, LeaseNotFound, Op
 from cnet.cnm.store import Store, Txn, Value
 
 
@@ -33,6 +35,8 @@ class EtcdStore(Store):
         self.path = "etcd://" + ",".join(self.endpoints) + client.prefix.rstrip("/")
         #: lease id attached to puts of the keys a Txn lists in `leased` (0: none)
         self.lease = 0
+        # Called when a leased write finds the lease gone (the cluster registers again).
+        self.on_lease_lost: Callable[[], None] | None = None
 
     def get(self, key: str) -> Value | None:
         kv = self.client.get(key)
@@ -47,15 +51,28 @@ class EtcdStore(Store):
         # etcd rejects a txn naming one key twice; a delete followed by a put of the same
         # key is just the put (as in SQLiteStore, where the put wins).
         deletes = list(dict.fromkeys(k for k in txn.deletes if k not in txn.puts))
-        success = [Op.delete(k) for k in deletes] + [
-            Op.put(k, v, lease=self.lease if k in leased else 0) for k, v in txn.puts.items()
-        ]
         absent = list(dict.fromkeys(txn.absent))
-        if not success and not absent:
+        if not deletes and not txn.puts and not absent:
             return
-        res = self.client.txn_ex(
-            [Compare.absent(k) for k in absent], success, [Op.get(k) for k in absent]
-        )
+
+        def attempt():
+            success = [Op.delete(k) for k in deletes] + [
+                Op.put(k, v, lease=self.lease if k in leased else 0)
+                for k, v in txn.puts.items()
+            ]
+            return self.client.txn_ex(
+                [Compare.absent(k) for k in absent], success, [Op.get(k) for k in absent]
+            )
+
+        try:
+            res = attempt()
+        except LeaseNotFound:
+            # The node's lease expired (a long pause, the store away): register again
+            # (which republishes this node's records) and retry once with the new lease.
+            if not leased or self.on_lease_lost is None:
+                raise
+            self.on_lease_lost()
+            res = attempt()
         if not res.succeeded:
             existing = [kvs[0].key for kvs in res.reads if kvs]
             key = existing[0] if existing else absent[0]

@@ -110,7 +110,7 @@ def connect_cluster(args: argparse.Namespace, daemon_id: str, submit) -> Cluster
     client = EtcdClient(args.etcd_endpoints)
 
     def unreachable(reason: str) -> None:
-        log.error("cluster store %s unreachable: %s (retrying)", args.cluster_store, reason)
+        log.error("%s (retrying)", reason)
 
     client.wait_until_reachable(on_error=unreachable)
     info = ClusterInfo(node_id=daemon_id, node_name=args.node_name or socket.gethostname(),

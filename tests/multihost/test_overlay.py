@@ -10,7 +10,9 @@ kill a node run last.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -312,3 +314,24 @@ def test_a_killed_node_goes_down_and_comes_back(nodes, work):
     harness.wait_for(lambda: pings(nodes[0], "d1", "d3", wait=1), timeout=5,
                      what="d1 -> d3 after node3 returned")
     assert json.loads(nodes[2].cli("inspect", "d3").stdout)[0]["State"]["Running"]
+
+
+def test_a_paused_node_registers_again_with_its_peers(nodes, work):
+    """A node silent past its lease (SIGSTOP) is Down and its peers go; when it wakes up
+    its keepalive finds the lease gone, it registers again and republishes its peers."""
+    work.network("ov-pause")
+    work.run(0, "q1", "ov-pause")
+    work.run(1, "q2", "ov-pause")
+    assert pings(nodes[0], "q1", "q2")
+    os.kill(nodes[1].pid, signal.SIGSTOP)
+    try:
+        harness.wait_for(lambda: nodes_by_name(nodes[0])["node2"]["Status"] == "Down",
+                         timeout=TTL + 5, what="node2 Down")
+        harness.wait_for(lambda: not pings(nodes[0], "q1", "q2", wait=1), timeout=3,
+                         what="q2 unreachable once node2's peers are gone")
+    finally:
+        os.kill(nodes[1].pid, signal.SIGCONT)
+    harness.wait_for(lambda: nodes_by_name(nodes[0])["node2"]["Status"] == "Ready",
+                     timeout=TTL + 5, what="node2 Ready again")
+    harness.wait_for(lambda: pings(nodes[0], "q1", "q2", wait=1), timeout=5,
+                     what="q1 -> q2 after node2 came back")

@@ -2,7 +2,7 @@
 
 import pytest
 from cnet.cnm.errors import Conflict, InvalidParameter
-from cnet.cnm.ipam import Ipam, parse_pool_option
+from cnet.cnm.ipam import GLOBAL_POOLS, Ipam, parse_pool_option
 
 
 def test_default_pools_follow_docker_order():
@@ -101,3 +101,24 @@ def test_static_addresses_and_ip_range():
         ipam.allocate("n", 4, "10.6.0.1")  # the gateway
     with pytest.raises(InvalidParameter, match="not in subnet"):
         ipam.allocate("n", 4, "10.7.0.9")
+
+
+def test_global_networks_take_docker_swarms_10_slash_8_in_slash_24s():
+    ipam = Ipam()
+    first = ipam.plan([], False, GLOBAL_POOLS)
+    assert first[0].subnet == "10.0.0.0/24" and first[0].gateway == "10.0.0.1"
+    ipam.register("ov1", first)
+    assert ipam.plan([], False, GLOBAL_POOLS)[0].subnet == "10.0.1.0/24"
+    # local networks keep the daemon's pools
+    assert ipam.plan([], False)[0].subnet == "172.17.0.0/16"
+
+
+def test_addresses_other_nodes_hold_are_skipped_and_given_back():
+    ipam = Ipam()
+    ipam.register("ov", ipam.plan([{"Subnet": "10.9.0.0/24"}], False))
+    ipam.mark("ov", "10.9.0.2", used=True)  # another node's endpoint
+    ipam.mark("ov", "10.9.0.2", used=True)  # told twice: still fine
+    assert ipam.allocate("ov", 4) == "10.9.0.3/24"
+    ipam.mark("ov", "10.9.0.2", used=False)
+    assert ipam.allocate("ov", 4) == "10.9.0.2/24"
+    ipam.mark("unknown-network", "10.9.0.9", used=True)  # ignored
