@@ -6,7 +6,7 @@ PYTHON := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 RUFF   := $(VENV)/bin/ruff
 
-.PHONY: all setup test lint demo bench clean
+.PHONY: all setup test lint demo demo-cluster bench clean
 
 all: test
 
@@ -21,6 +21,9 @@ lint: setup
 
 demo: setup
 	scripts/demo.sh
+
+demo-cluster: setup
+	scripts/demo-cluster.sh
 
 # bench: every bench/*.py that is a script (has a __main__ block; helpers are skipped)
 bench: setup
