@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from cnet.cnm.driverapi import Driver, JoinInfo, Peer
 from cnet.cnm.errors import CnetError, FeatureMissing, InvalidParameter
 from cnet.cnm.model import Endpoint, Network
+from cnet.cnm.osl import arp
 from cnet.cnm.osl.kernel import Kernel
 from cnet.drivers.overlay.options import KNOWN, OverlayOptions
 
@@ -269,6 +270,13 @@ class OverlayDriver(Driver):
         if old is not None and old != peer:
             self._unprogram(sb, old, peers.values())
         self._program(sb, peer)
+        if peer.ipv4 and old != peer:
+            # wake containers already waiting for this address (see cnm/osl/arp.py)
+            try:
+                arp.announce(sb.path, BRIDGE, _ip(peer.ipv4), peer.mac)
+            except OSError as exc:
+                log.warning("overlay %s: gratuitous ARP for %s failed: %s", network.name,
+                            peer.ipv4, exc)
 
     def peer_delete(self, network: Network, peer: Peer) -> None:
         peers = self._peers.get(network.id, {})

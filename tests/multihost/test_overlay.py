@@ -219,16 +219,33 @@ def test_parallel_attach_on_all_hosts_gives_unique_addresses(nodes, work):
 
 
 def test_connect_on_one_host_is_reachable_from_another_within_a_second(nodes, work):
-    work.network("ov-conn")
+    """r1 on node1 is already pinging the address r2 will get on node2; its unanswered
+    ARP is asked again only every 5 s here (retrans_time_ms; 1 s by default), yet the
+    first reply comes well within a second of the connect: the peer is programmed and
+    announced by a gratuitous ARP that completes r1's waiting neighbour entry."""
+    work.network("ov-conn", "--subnet", "10.61.0.0/24")
     work.run(0, "r1", "ov-conn")
+    harness.sh("nsenter", f"--net={nodes[0].sandbox_key('r1')}", "sysctl", "-qw",
+               "net.ipv4.neigh.eth0.retrans_time_ms=5000")
     nodes[1].cli("sandbox", "create", "r2")
     work.sandboxes.append((nodes[1], "r2"))
-    start = time.monotonic()
-    nodes[1].cli("network", "connect", "ov-conn", "r2")
-    ip = nodes[1].sandbox_ip("r2", "ov-conn")
-    while not pings(nodes[0], "r1", ip, wait=1):
-        assert time.monotonic() - start < 5, "not reachable after 5 s"
-    assert time.monotonic() - start < 3  # the bench measures it precisely (target 1 s)
+    pinger = subprocess.Popen(
+        [harness.CNET, "-H", nodes[0].host, "exec", "r1", "ping", "-i", "0.02", "-c", "500",
+         "10.61.0.50"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)  # r1 asked for .50 once; the next ARP would be in 4 s
+        start = time.monotonic()
+        nodes[1].cli("network", "connect", "--ip", "10.61.0.50", "ov-conn", "r2")
+        for line in pinger.stdout:  # type: ignore[union-attr]
+            if "bytes from 10.61.0.50" in line:
+                break
+        elapsed = time.monotonic() - start
+    finally:
+        pinger.kill()
+        pinger.wait()
+    assert elapsed < 0.8, f"first reply {elapsed:.2f} s after connect"
+    # A node with no endpoint of its own still may not remove a network others use.
+    assert "active endpoints" in nodes[2].cli_error("network", "rm", "ov-conn")
 
 
 # -- bad input ----------------------------------------------------------------------------
