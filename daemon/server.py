@@ -65,13 +65,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(status, payload)
             return
         data = b"" if status == 204 else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Api-Version", "1.0")
-        self.end_headers()
-        if data:
-            self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Api-Version", "1.0")
+            self.end_headers()
+            if data:
+                self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (Ctrl-C)
+            self.close_connection = True
 
     def _stream(self, status: int, stream: api.Stream) -> None:
         """Chunked transfer: each chunk is sent (and flushed) as soon as it exists."""
