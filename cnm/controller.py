@@ -12,8 +12,9 @@ import secrets
 from collections.abc import Iterable
 
 from cnet.cnm import ids
-from cnet.cnm.driverapi import ClusterInfo, Driver, DriverContext, Peer
+from cnet.cnm.driverapi import ClusterInfo, Driver, DriverContext
 from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
+from cnet.cnm.globalscope import GlobalScope, ip_key
 from cnet.cnm.ipam import GLOBAL_POOLS, Ipam
 from cnet.cnm.model import Endpoint, Network, Sandbox
 from cnet.cnm.osl.kernel import Kernel
@@ -34,8 +35,6 @@ GATEWAY_OPTIONS = {
     "com.docker.network.bridge.enable_icc": "false",
     "com.docker.network.bridge.enable_ip_masquerade": "true",
 }
-VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1
-VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
 
 
 def mac_for(ipv4_cidr: str | None) -> str:
@@ -45,19 +44,6 @@ def mac_for(ipv4_cidr: str | None) -> str:
     else:
         tail = secrets.token_bytes(4)
     return "02:42:" + ":".join(f"{b:02x}" for b in tail)
-
-
-def _ip_key(network_id: str, cidr: str) -> str:
-    return f"ipam/{network_id}/{cidr.split('/')[0]}"
-
-
-def _peer_key(network_id: str, endpoint_id: str) -> str:
-    return f"peer/{network_id}/{endpoint_id}"
-
-
-def peer_from_record(rec: dict) -> Peer:
-    return Peer(endpoint_id=rec["endpoint"], ipv4=rec.get("ipv4"), ipv6=rec.get("ipv6"),
-                mac=rec["mac"], vtep=rec["vtep"], node=rec["node"])
 
 
 class Controller:
@@ -74,10 +60,9 @@ class Controller:
         self.default_bridge = default_bridge
         self.ctx = DriverContext(daemon_id=daemon_id, netlink=kernel, firewall=firewall,
                                  cluster=cluster)
-        # Remote endpoints of global networks (the cluster's peer table, without ours):
-        # network id -> endpoint id -> peer record.
-        self.peers: dict[str, dict[str, dict]] = {}
-        self._taken_vnis: set[int] = set()
+        # Global-scope networks' records and the peer table (with a cluster store only).
+        self.glob = GlobalScope(self, gstore, cluster) if gstore and cluster else None
+        self._tearing_down: set[str] = set()  # sandboxes being removed: no gateway added
         # The DNS names a sandbox's endpoint is known by (published with its peer record).
         self.endpoint_names = lambda ep, sb: [sb.name, *ep.aliases]
         self.drivers: dict[str, Driver] = {}
@@ -121,6 +106,8 @@ class Controller:
     def create_network(self, req: dict, predefined: bool = False) -> Network:
         name = req.get("Name") or ""
         ids.check_name("network", name)
+        if name == GATEWAY_NETWORK and not predefined:
+            raise InvalidParameter(f"network name {name} is reserved for the gateway bridge")
         if any(n.name == name for n in self.networks.values()):
             raise Conflict(f"network with name {name} already exists")
         driver_name = req.get("Driver") or "bridge"
@@ -141,7 +128,7 @@ class Controller:
                 raise InvalidParameter(f'the "{driver_name}" driver takes no subnet or options')
             pools = []
         else:
-            if driver.scope == "global" and self.gstore is None:
+            if driver.scope == "global" and self.glob is None:
                 raise InvalidParameter(
                     f'{driver_name} networks need a cluster store: start cnetd with '
                     '--cluster-store etcd://HOST:PORT --advertise-addr IP')
@@ -157,12 +144,12 @@ class Controller:
         with Undo() as undo:
             self.ipam.register(net.id, pools)
             undo.push(self.ipam.unregister, net.id)
-            if net.scope == "global":
-                net.driver_state["vni"] = self._pick_vni(net)
+            if self.glob and net.scope == "global":
+                net.driver_state["vni"] = self.glob.pick_vni(net)
             driver.create_network(net)
             undo.push(driver.delete_network, net)
-            if net.scope == "global":
-                self._commit_global_network(net)
+            if self.glob and net.scope == "global":
+                self.glob.commit_network(net)
             else:
                 self.store.put(f"network/{net.id}", net.to_record())
         self.networks[net.id] = net
@@ -175,140 +162,24 @@ class Controller:
             raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
         if self.network_endpoints(net.id):
             raise Conflict(f"network {net.name} has active endpoints")
-        if net.scope == "global":
-            assert self.gstore is not None
-            if self.gstore.list(f"ipam/{net.id}/"):  # endpoints on other nodes
-                raise Conflict(f"network {net.name} has active endpoints")
+        if self.glob and net.scope == "global":
+            self.glob.delete_network(net)  # the cluster first: it may refuse
         self.driver(net).delete_network(net)
         self.ipam.unregister(net.id)
-        if net.scope == "global":
-            self.gstore.commit(Txn(deletes=[  # type: ignore[union-attr]
-                f"network/{net.id}", f"vni/{net.driver_state['vni']}", f"netname/{net.name}"]))
-            self.peers.pop(net.id, None)
-        else:
+        if net.scope != "global":
             self.store.delete(f"network/{net.id}")
         del self.networks[net.id]
         log.info("deleted network %s", net.name)
         return net
 
-    # -- global networks (cluster store) -------------------------------------------------
-    def _pick_vni(self, net: Network) -> int:
-        """The VNI asked for (-o vxlanid_list) or the lowest one no known network uses."""
-        want = net.options.get(VNI_OPTION)
-        if want:
-            try:
-                vni = int(want)
-            except ValueError:
-                raise InvalidParameter(f"invalid VNI {want!r}: an integer") from None
-            if not VNI_FIRST <= vni <= VNI_LAST:
-                raise InvalidParameter(f"VNI {vni} is out of range ({VNI_FIRST}-{VNI_LAST})")
-            return vni
-        used = {n.driver_state.get("vni") for n in self.networks.values()} | self._taken_vnis
-        vni = VNI_FIRST
-        while vni in used:
-            vni += 1
-        return vni
-
-    def _commit_global_network(self, net: Network) -> None:
-        """Network record, VNI and name in one etcd transaction; a VNI another node took
-        in the meantime is skipped, a name taken anywhere in the cluster is refused."""
-        assert self.gstore is not None
-        for _ in range(64):
-            vni = net.driver_state["vni"]
-            keys = (f"vni/{vni}", f"netname/{net.name}")
-            try:
-                self.gstore.commit(Txn(puts={f"network/{net.id}": net.to_record(),
-                                             keys[0]: {"network": net.id},
-                                             keys[1]: {"network": net.id}},
-                                       absent=list(keys)))
-                return
-            except Conflict as exc:
-                if "netname/" in str(exc):
-                    raise Conflict(f"network with name {net.name} already exists") from None
-                if VNI_OPTION in net.options:
-                    raise Conflict(f"VNI {vni} is already in use") from None
-                self._taken_vnis.add(vni)
-                net.driver_state["vni"] = self._pick_vni(net)
-        raise Conflict("could not allocate a VNI")
-
-    def add_global_network(self, net: Network) -> None:
-        """A global network appeared in the cluster store (another node made it)."""
-        if net.id in self.networks:
-            return
-        self.ipam.register(net.id, net.pools)
-        self.networks[net.id] = net
-        for rec in self.peers.get(net.id, {}).values():
-            self.driver(net).peer_add(net, peer_from_record(rec))
-        log.info("cluster: network %s (%s) appeared", net.name, ids.short(net.id))
-
-    def forget_global_network(self, network_id: str) -> None:
-        """A global network was removed from the cluster store."""
-        net = self.networks.get(network_id)
-        self.peers.pop(network_id, None)
-        if net is None or net.scope != "global":
-            return
-        if self.network_endpoints(net.id):
-            log.error("cluster: network %s was removed while this node has endpoints on it",
-                      net.name)
-            return
-        try:
-            self.driver(net).delete_network(net)
-        finally:
-            self.ipam.unregister(net.id)
-            del self.networks[net.id]
-        self._tell("network_removed", net)
-        log.info("cluster: network %s was removed", net.name)
-
-    def apply_peer(self, network_id: str, endpoint_id: str, rec: dict | None) -> None:
-        """A change in the cluster's peer table (our own entries are skipped)."""
-        if rec is not None and self.cluster and rec.get("node") == self.cluster.node_id:
-            return
-        table = self.peers.setdefault(network_id, {})
-        net = self.networks.get(network_id)
-        if rec is None:
-            old = table.pop(endpoint_id, None)
-            if old is not None and net is not None:
-                self.driver(net).peer_delete(net, peer_from_record(old))
-                self._tell("peer_left", net, endpoint_id)
-            return
-        table[endpoint_id] = rec
-        if net is not None:
-            self.driver(net).peer_add(net, peer_from_record(rec))
-            self._tell("peer_joined", net, endpoint_id, rec)
-
-    def peer_record(self, ep: Endpoint, sb: Sandbox) -> dict:
-        assert self.cluster is not None
-        return {"endpoint": ep.id, "ipv4": ep.ipv4, "ipv6": ep.ipv6, "mac": ep.mac,
-                "vtep": self.cluster.advertise_addr, "node": self.cluster.node_id,
-                "node_name": self.cluster.node_name, "sandbox": sb.name,
-                "names": self.endpoint_names(ep, sb)}
-
-    def _publish_peer(self, ep: Endpoint, sb: Sandbox) -> None:
-        key = _peer_key(ep.network_id, ep.id)
-        self.gstore.commit(Txn(puts={key: self.peer_record(ep, sb)},  # type: ignore[union-attr]
-                               leased=[key]))
-
-    def _unpublish_peer(self, ep: Endpoint) -> None:
-        try:
-            self.gstore.delete(_peer_key(ep.network_id, ep.id))  # type: ignore[union-attr]
-        except Exception as exc:  # the lease or the next start removes it
-            log.warning("cluster: could not remove peer %s: %s", ids.short(ep.id), exc)
-
-    def local_peers(self) -> dict[str, dict]:
-        """Peer records of this node's joined endpoints on global networks, by key."""
-        out = {}
-        for ep in self.endpoints.values():
-            net = self.networks.get(ep.network_id)
-            if net is not None and net.scope == "global" and ep.sandbox_id:
-                out[_peer_key(net.id, ep.id)] = self.peer_record(
-                    ep, self.sandboxes[ep.sandbox_id])
-        return out
-
     def prune_networks(self) -> list[str]:
         removed = []
         for net in list(self.networks.values()):
             if not net.predefined and not self.network_endpoints(net.id):
-                removed.append(self.delete_network(net.id).name)
+                try:
+                    removed.append(self.delete_network(net.id).name)
+                except Conflict:  # in use on another node: not unused
+                    continue
         return removed
 
     # -- endpoints --------------------------------------------------------------------
@@ -335,33 +206,17 @@ class Controller:
 
     def _allocate(self, net: Network, endpoint_id: str, version: int,
                   want: str | None) -> str:
-        """An address from the network's pool. On a global network it is reserved at once
-        in the cluster store (a guarded transaction): an address another node took since
-        our cache last heard is skipped, so no address is ever handed out twice."""
-        cidr = self.ipam.allocate(net.id, version, want)
-        if net.scope != "global":
-            return cidr
-        assert self.gstore is not None and self.cluster is not None
-        for _ in range(256):
-            key = _ip_key(net.id, cidr)
-            try:
-                self.gstore.commit(Txn(puts={key: {"endpoint": endpoint_id,
-                                                   "node": self.cluster.node_id}},
-                                       absent=[key]))
-                return cidr
-            except Conflict:  # someone else's: keep it marked as used here
-                if want:
-                    raise Conflict(f"Address already in use: {want}") from None
-                cidr = self.ipam.allocate(net.id, version)
-            except BaseException:
-                self.ipam.release(net.id, cidr)
-                raise
-        raise Conflict(f"could not reserve an address on network {net.name}")
+        """An address from the network's pool; on a global network reserved in the
+        cluster store at once (never twice across nodes)."""
+        if self.glob and net.scope == "global":
+            return self.glob.reserve(net, endpoint_id, version, want)
+        return self.ipam.allocate(net.id, version, want)
 
     def _release(self, net: Network, cidr: str) -> None:
-        self.ipam.release(net.id, cidr)
-        if net.scope == "global":
-            self.gstore.delete(_ip_key(net.id, cidr))  # type: ignore[union-attr]
+        if self.glob and net.scope == "global":
+            self.glob.release(net, cidr)
+        else:
+            self.ipam.release(net.id, cidr)
 
     def _endpoint_txn(self, ep: Endpoint, txn: Txn) -> None:
         txn.puts[f"endpoint/{ep.id}"] = ep.to_record()
@@ -369,7 +224,7 @@ class Controller:
             return  # its addresses were reserved in the cluster store
         for cidr in (ep.ipv4, ep.ipv6):
             if cidr:
-                key = _ip_key(ep.network_id, cidr)
+                key = ip_key(ep.network_id, cidr)
                 txn.puts[key] = {"endpoint": ep.id}
                 txn.absent.append(key)
 
@@ -393,21 +248,22 @@ class Controller:
         self._forget_endpoint(ep, Txn())
 
     def _forget_endpoint(self, ep: Endpoint, txn: Txn) -> None:
+        """Drop the endpoint and give its addresses back. On a global network the local
+        record goes first: a crash in between leaves an address key this node no longer
+        uses (removed at its next start), never an endpoint whose address is free."""
         net = self.networks[ep.network_id]
         self.driver(net).delete_endpoint(net, ep)
         txn.deletes.append(f"endpoint/{ep.id}")
-        gtxn = Txn()
-        for cidr in (ep.ipv4, ep.ipv6):
-            if cidr:
-                self.ipam.release(net.id, cidr)
-                (gtxn if net.scope == "global" else txn).deletes.append(_ip_key(net.id, cidr))
-        if gtxn.deletes:
-            try:
-                self.gstore.commit(gtxn)  # type: ignore[union-attr]
-            except Exception as exc:  # the next start releases what this node left
-                log.warning("cluster: could not release %s: %s", gtxn.deletes, exc)
+        cidrs = [c for c in (ep.ipv4, ep.ipv6) if c]
+        global_ = self.glob is not None and net.scope == "global"
+        if not global_:
+            txn.deletes += [ip_key(net.id, c) for c in cidrs]
         self.store.commit(txn)
         del self.endpoints[ep.id]
+        for cidr in cidrs:
+            self.ipam.release(net.id, cidr)
+        if global_:
+            self.glob.delete([ip_key(net.id, c) for c in cidrs])  # type: ignore[union-attr]
 
     # -- join / leave ----------------------------------------------------------------------
     def _next_ifname(self, sb: Sandbox) -> str:
@@ -434,9 +290,9 @@ class Controller:
         ep.gateway4, ep.gateway6 = info.gateway4, info.gateway6
         sb.endpoints.append(ep.id)
         undo.push(self._unjoin_record, ep, sb)
-        if net.scope == "global":
-            self._publish_peer(ep, sb)
-            undo.push(self._unpublish_peer, ep)
+        if self.glob and net.scope == "global":
+            self.glob.publish(ep, sb)
+            undo.push(self.glob.unpublish, ep)
         self._apply_routes(sb)
         undo.push(self._apply_routes, sb)
 
@@ -447,8 +303,8 @@ class Controller:
 
     def _leave(self, ep: Endpoint, sb: Sandbox) -> None:
         net = self.networks[ep.network_id]
-        if net.scope == "global":
-            self._unpublish_peer(ep)
+        if self.glob and net.scope == "global":
+            self.glob.unpublish(ep)
         self.driver(net).leave(net, ep)
         self._unjoin_record(ep, sb)
         self._apply_routes(sb)
@@ -489,9 +345,9 @@ class Controller:
             raise Conflict(f"endpoint {ids.short(ep.id)} is not joined to a sandbox")
         sb = self.sandboxes[ep.sandbox_id]
         self._leave(ep, sb)
-        self._sync_gateway(sb, Undo(), Txn())
         self.store.commit(Txn(puts={f"endpoint/{ep.id}": ep.to_record(),
                                     f"sandbox/{sb.id}": sb.to_record()}))
+        self._resync_gateway(sb)
         self._tell("endpoint_left", ep, sb)
         return ep
 
@@ -505,6 +361,8 @@ class Controller:
 
     def _gateway_wanted(self, sb: Sandbox) -> bool:
         """Joined to a non-internal network without a gateway, and to none with one."""
+        if sb.id in self._tearing_down:
+            return False
         need = False
         for e in sb.endpoints:
             ep = self.endpoints[e]
@@ -518,7 +376,7 @@ class Controller:
 
     def _gateway_network(self) -> Network:
         for net in self.networks.values():
-            if net.name == GATEWAY_NETWORK:
+            if net.name == GATEWAY_NETWORK and net.scope == "local":
                 return net
         return self.create_network({"Name": GATEWAY_NETWORK, "Driver": "bridge",
                                     "Options": GATEWAY_OPTIONS}, predefined=True)
@@ -538,6 +396,16 @@ class Controller:
         elif not wanted and gw_ep is not None:
             self._leave(gw_ep, sb)
             self._forget_endpoint(gw_ep, Txn(puts={f"sandbox/{sb.id}": sb.to_record()}))
+
+    def _resync_gateway(self, sb: Sandbox) -> None:
+        """After a leave or disconnect (already committed): add or drop the gateway-bridge
+        endpoint as one more operation of its own, undone as a whole if it fails."""
+        with Undo() as undo:
+            txn = Txn()
+            self._sync_gateway(sb, undo, txn)
+            if txn.puts:
+                txn.puts[f"sandbox/{sb.id}"] = sb.to_record()
+                self.store.commit(txn)
 
     # -- connect / disconnect (endpoint + join in one operation) ---------------------------------
     def connect(self, network_ref: str, target: str, ipv4: str | None = None,
@@ -568,9 +436,9 @@ class Controller:
         if ep is None:
             raise NotFound(f"sandbox {sb.name} is not connected to network {net.name}")
         self._leave(ep, sb)
-        self._sync_gateway(sb, Undo(), Txn())
         self._forget_endpoint(ep, Txn(puts={f"sandbox/{sb.id}": sb.to_record()}))
         self._tell("endpoint_left", ep, sb)
+        self._resync_gateway(sb)
 
     # -- sandboxes ------------------------------------------------------------------------------
     def create_sandbox(self, name: str, labels: dict[str, str] | None = None,
@@ -595,6 +463,7 @@ class Controller:
                               for e in sb.endpoints)
             raise Conflict(f"sandbox {sb.name} is connected to {names}: disconnect it or use -f")
         errors: list[Exception] = []
+        self._tearing_down.add(sb.id)
         for ep_id in list(sb.endpoints):
             if ep_id not in sb.endpoints:  # the gateway endpoint goes with the last overlay
                 continue
@@ -607,6 +476,7 @@ class Controller:
             self.kernel.remove_netns(sb.key)
         except Exception as exc:
             errors.append(exc)
+        self._tearing_down.discard(sb.id)
         if not sb.endpoints:
             self.store.delete(f"sandbox/{sb.id}")
             del self.sandboxes[sb.id]

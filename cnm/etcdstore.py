@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cnet.cnm.errors import Conflict
 from cnet.cnm.etcd import Compare, EtcdClient, LeaseNotFound, Op
-from cnet.cnm.store import Store, Txn, Value
+from cnet.cnm.store import KeyExists, KeyMissing, Store, Txn, Value
 
 
 class EtcdStore(Store):
@@ -52,7 +51,8 @@ class EtcdStore(Store):
         # key is just the put (as in SQLiteStore, where the put wins).
         deletes = list(dict.fromkeys(k for k in txn.deletes if k not in txn.puts))
         absent = list(dict.fromkeys(txn.absent))
-        if not deletes and not txn.puts and not absent:
+        present = list(dict.fromkeys(getattr(txn, "present", None) or ()))
+        if not deletes and not txn.puts and not absent and not present:
             return
 
         def attempt():
@@ -61,7 +61,8 @@ class EtcdStore(Store):
                 for k, v in txn.puts.items()
             ]
             return self.client.txn_ex(
-                [Compare.absent(k) for k in absent], success, [Op.get(k) for k in absent]
+                [Compare.absent(k) for k in absent] + [Compare.exists(k) for k in present],
+                success, [Op.get(k) for k in absent + present],
             )
 
         try:
@@ -74,9 +75,13 @@ class EtcdStore(Store):
             self.on_lease_lost()
             res = attempt()
         if not res.succeeded:
-            existing = [kvs[0].key for kvs in res.reads if kvs]
-            key = existing[0] if existing else absent[0]
-            raise Conflict(f"store key {key} already exists")
+            for key, kvs in zip(absent, res.reads, strict=False):
+                if kvs:
+                    raise KeyExists(key, kvs[0].value)
+            for key, kvs in zip(present, res.reads[len(absent):], strict=False):
+                if not kvs:
+                    raise KeyMissing(key)
+            raise KeyExists(absent[0] if absent else present[0])  # changed in between
 
     def close(self) -> None:
         if self._owns_client:

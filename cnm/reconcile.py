@@ -44,8 +44,12 @@ def load(ctl: Controller, global_networks: Iterable[Network] = ()) -> None:
             stale.deletes.append(key)
     for sb in ctl.sandboxes.values():
         sb.endpoints = [e for e in sb.endpoints if e in ctl.endpoints]
-    if stale.deletes:
-        log.warning("dropping %d stale store records", len(stale.deletes))
+    for ep in ctl.endpoints.values():
+        if ep.sandbox_id and ep.sandbox_id not in ctl.sandboxes:  # its sandbox went
+            ep.sandbox_id = ep.ifname = None
+            stale.puts[f"endpoint/{ep.id}"] = ep.to_record()
+    if stale.deletes or stale.puts:
+        log.warning("dropping %d stale store records", len(stale.deletes) + len(stale.puts))
         ctl.store.commit(stale)
 
 
@@ -100,7 +104,7 @@ def cleanup(ctl: Controller) -> list[str]:
     kernel = ctl.kernel
     for path in kernel.list_netns():
         try:
-            kernel.remove_netns(path)
+            kernel.remove_netns(path, vxlan_first=True)
         except Exception as exc:
             errors.append(f"{path}: {exc}")
     for link in links_with_alias_prefix(kernel.host, f"cnet:{ctl.daemon_id}:"):

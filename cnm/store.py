@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnet.cnm.errors import Conflict
+from cnet.cnm.errors import Conflict, NotFound
 
 Value = dict[str, Any]
 Watcher = Callable[[str, Value | None], None]
@@ -30,7 +30,25 @@ class Txn:
     puts: dict[str, Value] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)  # keys that must not exist
+    present: list[str] = field(default_factory=list)  # keys that must exist
     leased: list[str] = field(default_factory=list)  # puts tied to the node's lease (etcd)
+
+
+class KeyExists(Conflict):
+    """A Txn's `absent` guard failed: `key` exists (with `value`, when the store read it)."""
+
+    def __init__(self, key: str, value: Value | None = None):
+        super().__init__(f"store key {key} already exists")
+        self.key = key
+        self.value = value
+
+
+class KeyMissing(NotFound):
+    """A Txn's `present` guard failed: `key` does not exist."""
+
+    def __init__(self, key: str):
+        super().__init__(f"store key {key} does not exist")
+        self.key = key
 
 
 class Store(ABC):
@@ -47,7 +65,8 @@ class Store(ABC):
     def _commit(self, txn: Txn) -> None: ...
 
     def commit(self, txn: Txn) -> None:
-        """Apply `txn` atomically; Conflict when an `absent` key exists."""
+        """Apply `txn` atomically; KeyExists when an `absent` key exists, KeyMissing when a
+        `present` key does not."""
         self._commit(txn)
         for key, value in txn.puts.items():
             self._notify(key, value)
@@ -107,8 +126,12 @@ class SQLiteStore(Store):
             cur.execute("BEGIN IMMEDIATE")
             try:
                 for key in txn.absent:
-                    if cur.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone():
-                        raise Conflict(f"store key {key} already exists")
+                    row = cur.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+                    if row:
+                        raise KeyExists(key, json.loads(row[0]))
+                for key in txn.present:
+                    if not cur.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone():
+                        raise KeyMissing(key)
                 cur.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in txn.deletes])
                 cur.executemany(
                     "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",

@@ -22,7 +22,16 @@ def node_list(app: App, req: Request) -> tuple[int, Any]:
     return 200, _cluster(app).nodes()
 
 
+def _node(app: App, ref: str) -> dict:
+    return ids.resolve("node", ref, _cluster(app).nodes(), lambda n: (n["ID"], n["Name"]))
+
+
 @route("GET", "/nodes/([^/]+)", worker=False)
 def node_inspect(app: App, req: Request) -> tuple[int, Any]:
-    nodes = _cluster(app).nodes()
-    return 200, ids.resolve("node", req.params[0], nodes, lambda n: (n["ID"], n["Name"]))
+    return 200, _node(app, req.params[0])
+
+
+@route("DELETE", "/nodes/([^/]+)", worker=False)
+def node_remove(app: App, req: Request) -> tuple[int, Any]:
+    _cluster(app).remove_node(_node(app, req.params[0]))
+    return 204, None

@@ -164,6 +164,8 @@ def start(app: App, args: argparse.Namespace) -> None:
     ctl = app.controller
     snap = app.cluster.snapshot() if app.cluster else None
     load(ctl, Cluster.networks(snap) if snap else ())
+    if snap:
+        Cluster.preload_peers(ctl, snap)
     reconcile(ctl)
     ensure_predefined(ctl)
     app.images = ImageStore(os.path.join(args.data_root, "images"), ctl.store)
@@ -171,6 +173,7 @@ def start(app: App, args: argparse.Namespace) -> None:
     app.containers = ContainerManager(
         ctl, app.worker, app.images, app.volumes, PortPublisher(ctl.firewall),
         data_root=args.data_root, exec_root=args.exec_root, dns=args.dns)
+    app.containers.load()
     names = NameTable()
     app.dns = DNSServer(names).start()
     wiring = DNSWiring(ctl, app.dns, names,

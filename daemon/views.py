@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from cnet.cnm import timefmt
-from cnet.cnm.controller import GATEWAY_NETWORK, VNI_OPTION, Controller
+from cnet.cnm.controller import GATEWAY_NETWORK, Controller
+from cnet.cnm.globalscope import VNI_OPTION
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
 
@@ -59,13 +60,14 @@ def network_peers(ctl: Controller, net: Network) -> list[dict]:
                 "MacAddress": rec.get("mac") or "", "IPv4Address": rec.get("ipv4") or "",
                 "IPv6Address": rec.get("ipv6") or ""}
 
-    if ctl.cluster is not None:
-        for ep in ctl.network_endpoints(net.id):
-            if ep.sandbox_id:
-                sb = ctl.sandboxes[ep.sandbox_id]
-                node(ctl.cluster.node_id, ctl.cluster.node_name, ctl.cluster.advertise_addr)[
-                    "Endpoints"].append(entry(ctl.peer_record(ep, sb)))
-    for rec in ctl.peers.get(net.id, {}).values():
+    glob = ctl.glob
+    if glob is None:
+        return []
+    for ep in ctl.network_endpoints(net.id):
+        if ep.sandbox_id:
+            rec = glob.peer_record(ep, ctl.sandboxes[ep.sandbox_id])
+            node(rec["node"], rec["node_name"], rec["vtep"])["Endpoints"].append(entry(rec))
+    for rec in glob.peers.get(net.id, {}).values():
         node(rec["node"], rec.get("node_name", ""), rec["vtep"])["Endpoints"].append(entry(rec))
     return sorted(nodes.values(), key=lambda n: n["Name"])
 

@@ -553,10 +553,16 @@ class ContainerManager:
             raise errors[0]
 
     # -- daemon start ----------------------------------------------------------------------------
-    def restore(self) -> None:
-        """Find running containers again; apply `always`/`unless-stopped` after a reboot."""
+    def load(self) -> None:
+        """The container records (the DNS names of a container's endpoints need them
+        before anything is published)."""
         for rec in self.ctl.store.list("container/").values():
             self.containers[rec["Id"]] = rec
+
+    def restore(self) -> None:
+        """Find running containers again; apply `always`/`unless-stopped` after a reboot."""
+        if not self.containers:
+            self.load()
         for c in list(self.containers.values()):
             p = self.paths(c)
             if c["State"]["Running"]:

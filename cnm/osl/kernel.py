@@ -49,7 +49,15 @@ class Kernel:
             self.remove_netns(key)
             raise
 
-    def remove_netns(self, key: str) -> None:
+    def remove_netns(self, key: str, vxlan_first: bool = False) -> None:
+        """Unmount and forget a namespace. `vxlan_first`: delete its VXLAN devices before
+        (their VNIs are held in the daemon's namespace until the kernel dismantles the
+        unmounted one, later: a VXLAN made again at once would find its VNI taken)."""
+        if vxlan_first and namespaces.is_netns(key):
+            nl = self.sandbox(key)
+            for link in nl.links():
+                if link.kind == "vxlan":
+                    nl.delete_link(link.ifname)
         nl = self._sandboxes.pop(key, None)
         if nl is not None:
             nl.close()
