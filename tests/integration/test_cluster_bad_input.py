@@ -14,6 +14,8 @@ def test_overlay_without_a_cluster_store_is_refused(daemon):
     assert "single host" in daemon.cli("info").stdout
     err = daemon.cli_error("node", "ls")
     assert "not part of a cluster" in err
+    err = daemon.cli_error("network", "create", "cnet_gwbridge")
+    assert "reserved" in err
 
 
 @pytest.mark.parametrize("args, message", [

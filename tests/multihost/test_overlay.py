@@ -140,7 +140,10 @@ def test_containers_on_three_hosts_ping_each_other_by_name(nodes, work):
     c3 = container_ip(nodes[2], "c3", "ov-names")
     out = nodes[0].cli("exec", "c1", "nslookup", "c3", "127.0.0.11").stdout
     assert c3 in out
-    # --verbose: the peers are the three nodes, each with its container.
+    # prune on another node leaves a network that is in use elsewhere.
+    nodes[1].cli("network", "prune", "-f")
+    assert nodes[1].cli("network", "inspect", "ov-names", check=False).returncode == 0
+        # --verbose: the peers are the three nodes, each with its container.
     peers = nodes[0].cli_json("network", "inspect", "--verbose", "ov-names")[0]["Peers"]
     assert sorted((p["Name"], p["IP"]) for p in peers) == [
         ("node1", "10.99.0.1"), ("node2", "10.99.0.2"), ("node3", "10.99.0.3")]
@@ -171,6 +174,25 @@ def test_egress_through_the_gateway_bridge(nodes, work):
     assert pings(nodes[0], "e1", "10.99.0.3")
     gw = nodes[0].cli_json("network", "inspect", "cnet_gwbridge")[0]
     assert gw["Options"]["com.docker.network.bridge.enable_icc"] == "false"
+
+
+@pytest.mark.no_leak_check  # restarts node1's cnetd (a new process; see below)
+def test_the_gateway_endpoint_follows_the_other_networks_and_survives_a_restart(
+        nodes, work):
+    """On a bridge network and an overlay, a container's default route is the bridge's;
+    disconnected from the bridge it gets cnet_gwbridge, kept across a daemon restart."""
+    nodes[0].cli("network", "create", "gwtest-br")
+    work.networks.append("gwtest-br")
+    work.network("ov-gw")
+    work.run(0, "g1", "gwtest-br")
+    nodes[0].cli("network", "connect", "ov-gw", "g1")
+    assert "cnet_gwbridge" not in nodes[0].cli_json("sandbox", "inspect", "g1")[0]["Networks"]
+    nodes[0].cli("network", "disconnect", "gwtest-br", "g1")
+    assert "cnet_gwbridge" in nodes[0].cli_json("sandbox", "inspect", "g1")[0]["Networks"]
+    nodes[0].restart()
+    routes = nodes[0].cli("exec", "g1", "ip", "route").stdout
+    assert re.search(r"default via 172\.\d+\.0\.1 dev eth\d", routes), routes
+    assert pings(nodes[0], "g1", "10.99.0.2")
 
 
 def test_no_flooding_to_unknown_addresses(etcd3, nodes, work):
@@ -312,10 +334,20 @@ def test_a_killed_node_goes_down_and_comes_back(nodes, work):
         work.run(i, f"d{i + 1}", "ov-down")
     assert pings(nodes[0], "d1", "d3")
     d3_ip = container_ip(nodes[2], "d3", "ov-down")
+    work.network("ov-dead")
+    work.run(2, "x3", "ov-dead")  # only node3 has an endpoint on ov-dead
     nodes[2].kill()
     try:
         harness.wait_for(lambda: nodes_by_name(nodes[0])["node3"]["Status"] == "Down",
                          timeout=TTL + 5, what="node3 Down")
+        # Its address on ov-dead stays reserved: the network cannot go, and says why.
+        err = nodes[0].cli_error("network", "rm", "ov-dead")
+        assert "nodes that are down: node3" in err and "cnet node rm" in err
+        assert "is Ready" in nodes[0].cli_error("node", "rm", "node2")
+        assert "itself" in nodes[0].cli_error("node", "rm", "node1")
+        # `node rm` forgets the dead node and what it held.
+        nodes[0].cli("node", "rm", "node3")
+        assert "node3" not in nodes_by_name(nodes[0])
         # Its peers are gone everywhere: no path to d3, by name or address...
         harness.wait_for(lambda: not any(
             p["Name"] == "node3" for p in nodes[0].cli_json(
@@ -331,6 +363,8 @@ def test_a_killed_node_goes_down_and_comes_back(nodes, work):
     harness.wait_for(lambda: pings(nodes[0], "d1", "d3", wait=1), timeout=5,
                      what="d1 -> d3 after node3 returned")
     assert json.loads(nodes[2].cli("inspect", "d3").stdout)[0]["State"]["Running"]
+    # Back, it registered again and reclaimed x3's address: ov-dead is in use again.
+    assert "active endpoints" in nodes[0].cli_error("network", "rm", "ov-dead")
 
 
 def test_a_paused_node_registers_again_with_its_peers(nodes, work):
