@@ -13,6 +13,9 @@ cluster's peer table, `peer_add`) vxlan0 gets an FDB entry `MAC dst VTEP` and a
 permanent neighbour entry `IP lladdr MAC`; with `proxy` on, the VTEP answers the
 containers' ARP and neighbour solicitations itself from that table. A frame for a MAC
 without an entry is dropped (there is no all-zeros default entry to flood to).
+When two known peers share a MAC or IP (an address that moved from a dead node's
+endpoint to a new one), its entries follow the most recently added peer, and go back to
+the other one when that peer is deleted.
 
 The overlay gives containers no gateway (and the host namespace nothing: no links, no
 firewall rules); the controller adds an endpoint on the node's gateway bridge for egress.
@@ -29,7 +32,7 @@ from cnet.cnm.errors import CnetError, FeatureMissing, InvalidParameter
 from cnet.cnm.model import Endpoint, Network
 from cnet.cnm.osl import arp
 from cnet.cnm.osl.kernel import Kernel
-from cnet.drivers.overlay.options import KNOWN, OverlayOptions
+from cnet.drivers.overlay.options import KNOWN, MAX_VNI, OverlayOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ VXLAN = "vxlan0"
 # + VXLAN 8; IPv4 header 20, IPv6 40.
 OVERHEAD = {4: 50, 6: 70}
 FALLBACK_UNDERLAY_MTU = 1500  # when the advertise address is on no local link
-MAX_VNI = (1 << 24) - 1
 
 NO_CLUSTER = ("overlay networks need a cluster store: start cnetd with "
               "--cluster-store etcd://HOST:PORT --advertise-addr IP")
@@ -263,13 +265,16 @@ class OverlayDriver(Driver):
             return  # a local endpoint: reached through br0
         peers = self._peers.setdefault(network.id, {})
         old = peers.get(peer.endpoint_id)
+        if old != peer:
+            # a new or changed peer moves to the end: the table's order is the order
+            # peers were last added in, and the latest wins a MAC or IP two peers share
+            peers.pop(peer.endpoint_id, None)
         peers[peer.endpoint_id] = peer
         sb = self._sandboxes.get(network.id)
         if sb is None:
             return
-        if old is not None and old != peer:
-            self._unprogram(sb, old, peers.values())
-        self._program(sb, peer)
+        touched = [peer] if old is None or old == peer else [old, peer]
+        self._reprogram(sb, touched, peers.values())
         if peer.ipv4 and old != peer:
             # wake containers already waiting for this address (see cnm/osl/arp.py)
             try:
@@ -285,42 +290,57 @@ class OverlayDriver(Driver):
             return  # unknown, or local
         sb = self._sandboxes.get(network.id)
         if sb is not None:
-            self._unprogram(sb, gone, peers.values())
+            self._reprogram(sb, [gone], peers.values())
 
-    def _program(self, sb: _Sandbox, peer: Peer) -> None:
-        nl = self.kernel.sandbox(sb.path)
-        nl.fdb_add(sb.vxlan, peer.mac, peer.vtep)
-        for ip in _ips(peer, sb.ipv6):
-            nl.neigh_add(sb.vxlan, ip, peer.mac)
+    def _owners(self, sb: _Sandbox, peers) -> tuple[dict[str, Peer], dict[str, Peer]]:
+        """Who each MAC's FDB entry and each IP's neighbour entry belongs to: when two
+        known peers share one (an address, and with it a 02:42 MAC, that moved from a
+        dead node's endpoint to a new one elsewhere), the most recently added peer."""
+        by_mac: dict[str, Peer] = {}
+        by_ip: dict[str, Peer] = {}
+        for p in peers:  # in the order they were added: later ones overwrite
+            by_mac[p.mac.lower()] = p
+            for ip in _ips(p, sb.ipv6):
+                by_ip[ip] = p
+        return by_mac, by_ip
 
-    def _unprogram(self, sb: _Sandbox, gone: Peer, keep) -> None:
-        """Remove a peer's entries, except those another known peer still needs (an
-        address, and with it a 02:42 MAC, reused by a newer endpoint)."""
-        keep = list(keep)
-        macs = {p.mac.lower() for p in keep}
-        ips = {ip for p in keep for ip in _ips(p, sb.ipv6)}
+    def _reprogram(self, sb: _Sandbox, touched: list[Peer], peers) -> None:
+        """Set the entries of the MACs and IPs of `touched` from the known `peers`:
+        each to the peer that owns it now (fdb_add/neigh_add replace), or removed when
+        no known peer uses it any more. A peer that left thus hands a shared MAC or IP
+        back to the remaining one instead of leaving it pointed at a stale VTEP."""
+        by_mac, by_ip = self._owners(sb, peers)
         nl = self.kernel.sandbox(sb.path)
-        if gone.mac.lower() not in macs:
-            nl.fdb_del(sb.vxlan, gone.mac)
-        for ip in _ips(gone, sb.ipv6):
-            if ip not in ips:
+        macs = {p.mac.lower(): p.mac for p in touched}
+        for key, mac in macs.items():
+            owner = by_mac.get(key)
+            if owner is None:
+                nl.fdb_del(sb.vxlan, mac)
+            else:
+                nl.fdb_add(sb.vxlan, owner.mac, owner.vtep)
+        for ip in dict.fromkeys(ip for p in touched for ip in _ips(p, sb.ipv6)):
+            owner = by_ip.get(ip)
+            if owner is None:
                 nl.neigh_del(sb.vxlan, ip)
+            else:
+                nl.neigh_add(sb.vxlan, ip, owner.mac)
 
     def _sync_peers(self, network: Network, sb: _Sandbox) -> None:
         """Make vxlan0's static entries exactly the known remote peers (a reused
-        namespace may hold entries of peers that left while the daemon was down)."""
-        peers = list(self._peers.get(network.id, {}).values())
+        namespace may hold entries of peers that left while the daemon was down); a MAC
+        or IP two peers share goes to the most recently added one."""
+        by_mac, by_ip = self._owners(sb, self._peers.get(network.id, {}).values())
         nl = self.kernel.sandbox(sb.path)
-        macs = {p.mac.lower() for p in peers}
-        ips = {ip for p in peers for ip in _ips(p, sb.ipv6)}
         for mac, dst in nl.fdb_entries(sb.vxlan):
-            if dst and mac and mac.lower() not in macs:
+            if dst and mac and mac.lower() not in by_mac:
                 nl.fdb_del(sb.vxlan, mac)
         for ip, _mac in nl.neigh_entries(sb.vxlan):
-            if ip and _ip(ip) not in ips:
+            if ip and _ip(ip) not in by_ip:
                 nl.neigh_del(sb.vxlan, ip)
-        for peer in peers:
-            self._program(sb, peer)
+        for peer in by_mac.values():
+            nl.fdb_add(sb.vxlan, peer.mac, peer.vtep)
+        for ip, peer in by_ip.items():
+            nl.neigh_add(sb.vxlan, ip, peer.mac)
 
     # -- restart ------------------------------------------------------------------------
     def restore(self, network: Network, joined: list[tuple[Endpoint, str]]) -> list[str]:

@@ -8,10 +8,14 @@ from cnet.cnm.errors import InvalidParameter
 
 VXLAN_PORT = "com.docker.network.driver.overlay.vxlan_port"
 MTU = "com.docker.network.driver.mtu"
+# The VNI asked for. The controller validates it against its own range (VNIs from 4096),
+# reserves it in the cluster store and hands it to the driver as driver_state["vni"].
+VXLANID_LIST = "com.docker.network.driver.overlay.vxlanid_list"
 ENCRYPTED = "encrypted"
-KNOWN = frozenset({VXLAN_PORT, MTU, ENCRYPTED})
+KNOWN = frozenset({VXLAN_PORT, MTU, VXLANID_LIST, ENCRYPTED})
 
 DEFAULT_PORT = 4789  # IANA's VXLAN port, Docker's default
+MAX_VNI = (1 << 24) - 1
 
 
 def _int(key: str, value: str, what: str, low: int, high: int) -> int:
@@ -28,6 +32,7 @@ def _int(key: str, value: str, what: str, low: int, high: int) -> int:
 class OverlayOptions:
     port: int
     mtu: int | None  # None: the underlay's MTU minus the VXLAN overhead
+    vni: int | None  # asked for; the driver uses the one in driver_state (the controller's)
     encrypted: bool  # asked for; refused by the driver (no IPsec data plane)
 
     @classmethod
@@ -41,5 +46,12 @@ class OverlayOptions:
         mtu = None
         if options.get(MTU):
             mtu = _int(MTU, options[MTU], "MTU", 68, 65535)
+        vni = None
+        if options.get(VXLANID_LIST):
+            value = options[VXLANID_LIST]
+            if not (value.isascii() and value.isdigit()):  # one VNI, in decimal
+                raise InvalidParameter(f'invalid VNI "{value}" (option {VXLANID_LIST}): '
+                                       "a decimal integer")
+            vni = _int(VXLANID_LIST, value, "VNI", 1, MAX_VNI)
         # Docker: `-o encrypted` with any value, even empty, asks for encryption
-        return cls(port=port, mtu=mtu, encrypted=ENCRYPTED in options)
+        return cls(port=port, mtu=mtu, vni=vni, encrypted=ENCRYPTED in options)

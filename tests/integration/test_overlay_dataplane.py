@@ -478,6 +478,49 @@ def test_peer_delete_stops_traffic_and_peer_add_restores_it(two_hosts):
     assert ip_json(h1.overlay_ns, "neigh", "show", "10.0.1.7", "dev", "vxlan0") == []
 
 
+def test_a_shared_mac_and_ip_go_to_the_most_recently_added_peer(two_hosts):
+    """An address (and its 02:42 MAC) that moved from a dead node's endpoint to a live
+    one: both peers are known for a while. The entries follow the most recently added
+    one, and whichever is deleted hands them back to the other."""
+    h1, h2 = two_hosts.hosts
+    live = h2.peer()
+    stale = dict(live, endpoint_id="d" * 64, vtep="10.98.0.99", node="node9")
+
+    def peer(p: dict, add: bool = True) -> None:
+        h1.agent.call("peer", network=NET_ID, add=add, peer=p)
+
+    def entries() -> tuple[list, list]:
+        neigh = ip_json(h1.overlay_ns, "neigh", "show", "dev", "vxlan0")
+        return vtep_entries(h1), [(n["dst"], n["lladdr"]) for n in neigh]
+
+    assert harness.wait_ping(h1.sandbox, C2, timeout=5)
+    peer(stale)  # the newer one wins
+    assert entries() == ([(MAC2, "10.98.0.99")], [(C2, MAC2)])
+    peer(live)  # the older one announced again, unchanged: still older
+    assert entries() == ([(MAC2, "10.98.0.99")], [(C2, MAC2)])
+    # the newer one deleted: the entries point at the remaining (older) one again
+    peer(stale, add=False)
+    assert entries() == ([(MAC2, h2.underlay_ip)], [(C2, MAC2)])
+    assert harness.wait_ping(h1.sandbox, C2, timeout=5)
+    # the reverse: the older one deleted, the newer one keeps them
+    peer(stale)
+    peer(live, add=False)
+    assert entries() == ([(MAC2, "10.98.0.99")], [(C2, MAC2)])
+    peer(stale, add=False)
+    assert entries() == ([], [])
+    # a namespace rebuilt from the peer table (_sync_peers): the most recently added
+    # or changed peer wins, not the one known first
+    peer(dict(live, vtep="10.98.0.98"))
+    peer(stale)
+    peer(live)  # changed (its VTEP): now the most recent
+    assert entries() == ([(MAC2, h2.underlay_ip)], [(C2, MAC2)])
+    h1.agent.call("leave", endpoint=h1.endpoint)
+    assert not os.path.exists(h1.overlay_ns)
+    h1.agent.call("join", endpoint=h1.endpoint, sandbox=h1.sandbox, ifname="eth0")
+    assert entries() == ([(MAC2, h2.underlay_ip)], [(C2, MAC2)])
+    assert harness.wait_ping(h1.sandbox, C2, timeout=5)
+
+
 def test_peers_before_the_first_join_are_programmed_at_join(world):
     h1, h2 = world.hosts
     for h in world.hosts:
@@ -518,10 +561,13 @@ def test_last_leave_removes_the_overlay_namespace(two_hosts):
     assert not os.path.exists(h1.overlay_ns)
 
 
-def test_mtu_and_port_options(world):
+def test_mtu_port_and_vni_options(world):
     world.start(options={"com.docker.network.driver.mtu": "1300",
-                         "com.docker.network.driver.overlay.vxlan_port": "4790"})
+                         "com.docker.network.driver.overlay.vxlan_port": "4790",
+                         "com.docker.network.driver.overlay.vxlanid_list": str(VNI)})
     h1, h2 = world.hosts
+    vx = ip_json(h1.overlay_ns, "-d", "link", "show", "vxlan0")[0]
+    assert vx["linkinfo"]["info_data"]["id"] == VNI  # the controller's, from driver_state
     eth0 = ip_json(h1.sandbox, "link", "show", "eth0")[0]
     assert eth0["mtu"] == 1300 and world.info[0]["mtu"] == 1300
     udp = harness.nsexec(h1.ns.path, "ss", "-Hnuln", check=True).stdout
@@ -546,7 +592,15 @@ def test_bad_options_and_encryption_are_refused(world):
         ({"com.docker.network.driver.overlay.vxlan_port": "0"}, "InvalidParameter",
          "invalid VXLAN port 0"),
         ({"com.docker.network.driver.mtu": "big"}, "InvalidParameter", 'invalid MTU "big"'),
-        ({"com.docker.network.driver.overlay.vxlanid_list": "42"}, "InvalidParameter",
+        ({"com.docker.network.driver.overlay.vxlanid_list": "4097,4098"},
+         "InvalidParameter", 'invalid VNI "4097,4098"'),
+        ({"com.docker.network.driver.overlay.vxlanid_list": "+4097"}, "InvalidParameter",
+         'invalid VNI "+4097"'),
+        ({"com.docker.network.driver.overlay.vxlanid_list": "0"}, "InvalidParameter",
+         "invalid VNI 0: must be between 1 and 16777215"),
+        ({"com.docker.network.driver.overlay.vxlanid_list": "16777216"}, "InvalidParameter",
+         "invalid VNI 16777216: must be between 1 and 16777215"),
+        ({"com.docker.network.vxlanid_list": "4097"}, "InvalidParameter",
          "unknown overlay driver option"),
     ]
     for options, kind, text in cases:
@@ -554,6 +608,11 @@ def test_bad_options_and_encryption_are_refused(world):
             a.call("network", id=NET_ID, vni=VNI, options=options, create=False)
         assert (err.value.type, text in err.value.message) == (kind, True), err.value
         assert "\n" not in err.value.message
+    # the VNI option is accepted (the controller checks its own range and hands the VNI
+    # over in driver_state)
+    for vni in ("42", str(VNI), "16777215"):
+        a.call("network", id=NET_ID, vni=VNI, create=False,
+               options={"com.docker.network.driver.overlay.vxlanid_list": vni})
     a.stop()
     single = Agent(h1.ns, h1.netns_dir, "node1", h1.underlay_ip, cluster=False)
     h1.agent = single
