@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Iterable
 
 from cnet.cnm import ids
-from cnet.cnm.driverapi import ClusterInfo, Driver, DriverContext
+from cnet.cnm.driverapi import ClusterInfo, Driver, DriverContext, JoinInfo
 from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
 from cnet.cnm.globalscope import GlobalScope, ip_key
 from cnet.cnm.ipam import GLOBAL_POOLS, Ipam
@@ -35,6 +35,15 @@ GATEWAY_OPTIONS = {
     "com.docker.network.bridge.enable_icc": "false",
     "com.docker.network.bridge.enable_ip_masquerade": "true",
 }
+
+
+def check_mac(mac: str) -> str:
+    """A unicast MAC in xx:xx:xx:xx:xx:xx form (lower case), or InvalidParameter."""
+    parts = mac.lower().split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p)
+                                  for p in parts) or int(parts[0], 16) & 1:
+        raise InvalidParameter(f"invalid MAC address {mac!r}")
+    return ":".join(parts)
 
 
 def mac_for(ipv4_cidr: str | None) -> str:
@@ -103,7 +112,10 @@ class Controller:
         return self.drivers[network.driver]
 
     # -- networks ------------------------------------------------------------------
-    def create_network(self, req: dict, predefined: bool = False) -> Network:
+    def create_network(self, req: dict, predefined: bool = False,
+                       network_id: str | None = None) -> Network:
+        """Docker's network create request (`network_id`: an id chosen by the caller,
+        e.g. dockerd's through the remote driver API)."""
         name = req.get("Name") or ""
         ids.check_name("network", name)
         if name == GATEWAY_NETWORK and not predefined:
@@ -134,8 +146,12 @@ class Controller:
                     '--cluster-store etcd://HOST:PORT --advertise-addr IP')
             pools = self.ipam.plan(configs, enable_ipv6,
                                    GLOBAL_POOLS if driver.scope == "global" else None)
+        if network_id is not None and (network_id in self.networks or not (
+                len(network_id) == 64 and all(c in "0123456789abcdef" for c in network_id))):
+            raise InvalidParameter(f"invalid or used network id {network_id!r}")
         net = Network(
-            id=ids.new_id(), name=name, driver=driver_name, scope=driver.scope, created=now(),
+            id=network_id or ids.new_id(), name=name, driver=driver_name, scope=driver.scope,
+            created=now(),
             pools=pools, enable_ipv6=enable_ipv6, internal=bool(req.get("Internal")),
             attachable=bool(req.get("Attachable")), options=options, labels=labels,
             user_subnets=bool(configs), predefined=predefined,
@@ -184,13 +200,17 @@ class Controller:
 
     # -- endpoints --------------------------------------------------------------------
     def _new_endpoint(self, net: Network, name: str, ipv4: str | None, ipv6: str | None,
-                      aliases: Iterable[str], undo: Undo) -> Endpoint:
+                      aliases: Iterable[str], undo: Undo, mac: str | None = None,
+                      endpoint_id: str | None = None) -> Endpoint:
         if (ipv4 or ipv6) and not net.user_subnets:
             raise InvalidParameter("user specified IP address is supported only when "
                                    "connecting to networks with user configured subnets")
         if ipv6 and not net.enable_ipv6:
             raise InvalidParameter(f"network {net.name} does not have IPv6 enabled")
-        ep = Endpoint(id=ids.new_id(), name=name, network_id=net.id, aliases=list(aliases))
+        if endpoint_id is not None and endpoint_id in self.endpoints:
+            raise Conflict(f"endpoint {ids.short(endpoint_id)} already exists")
+        ep = Endpoint(id=endpoint_id or ids.new_id(), name=name, network_id=net.id,
+                      aliases=list(aliases))
         for version, want in ((4, ipv4), (6, ipv6)):
             if self.ipam.has_family(net.id, version):
                 cidr = self._allocate(net, ep.id, version, want)
@@ -198,7 +218,7 @@ class Controller:
                 setattr(ep, f"ipv{version}", cidr)
             elif want:
                 raise InvalidParameter(f"network {net.name} has no IPv{version} subnet")
-        ep.mac = mac_for(ep.ipv4)
+        ep.mac = check_mac(mac) if mac else mac_for(ep.ipv4)
         driver = self.driver(net)
         driver.create_endpoint(net, ep)
         undo.push(driver.delete_endpoint, net, ep)
@@ -229,12 +249,13 @@ class Controller:
                 txn.absent.append(key)
 
     def create_endpoint(self, network_ref: str, name: str = "", ipv4: str | None = None,
-                        ipv6: str | None = None, aliases: Iterable[str] = ()) -> Endpoint:
+                        ipv6: str | None = None, aliases: Iterable[str] = (),
+                        mac: str | None = None, endpoint_id: str | None = None) -> Endpoint:
         net = self.network(network_ref)
         if net.driver in NO_CONNECT:
             raise InvalidParameter(f"endpoints cannot be created on the {net.name} network")
         with Undo() as undo:
-            ep = self._new_endpoint(net, name, ipv4, ipv6, aliases, undo)
+            ep = self._new_endpoint(net, name, ipv4, ipv6, aliases, undo, mac, endpoint_id)
             txn = Txn()
             self._endpoint_txn(ep, txn)
             self.store.commit(txn)
@@ -273,15 +294,17 @@ class Controller:
             n += 1
         return f"eth{n}"
 
-    def _join(self, ep: Endpoint, sb: Sandbox, undo: Undo) -> None:
+    def _join(self, ep: Endpoint, sb: Sandbox, undo: Undo, ifname: str | None = None) -> None:
         net = self.networks[ep.network_id]
         if net.scope == "global" and not net.attachable:
             raise InvalidParameter(f"network {net.name} is not manually attachable "
                                    "(create it with --attachable)")
         if any(self.endpoints[e].network_id == net.id for e in sb.endpoints):
             raise Conflict(f"endpoint with name {sb.name} already exists in network {net.name}")
+        if ifname and any(self.endpoints[e].ifname == ifname for e in sb.endpoints):
+            raise Conflict(f"sandbox {sb.name} already has an interface {ifname}")
         driver = self.driver(net)
-        info = driver.join(net, ep, sb.key, self._next_ifname(sb))
+        info = driver.join(net, ep, sb.key, ifname or self._next_ifname(sb))
         undo.push(driver.leave, net, ep)
         if info.ifname:
             self.kernel.configure_interface(sb.key, info.ifname,
@@ -409,7 +432,10 @@ class Controller:
 
     # -- connect / disconnect (endpoint + join in one operation) ---------------------------------
     def connect(self, network_ref: str, target: str, ipv4: str | None = None,
-                ipv6: str | None = None, aliases: Iterable[str] = ()) -> Endpoint:
+                ipv6: str | None = None, aliases: Iterable[str] = (),
+                ifname: str | None = None, mac: str | None = None) -> Endpoint:
+        """Endpoint + join in one operation. `ifname`/`mac`: the interface name and MAC
+        inside the sandbox (CNI passes both); by default eth<N> and 02:42+IPv4."""
         net, sb = self.network(network_ref), self.sandbox(target)
         if net.driver in NO_CONNECT:
             raise InvalidParameter("container cannot be disconnected from host network or "
@@ -417,10 +443,10 @@ class Controller:
         if any(self.endpoints[e].network_id == net.id for e in sb.endpoints):
             raise Conflict(f"endpoint with name {sb.name} already exists in network {net.name}")
         with Undo() as undo:
-            ep = self._new_endpoint(net, sb.name, ipv4, ipv6, aliases, undo)
+            ep = self._new_endpoint(net, sb.name, ipv4, ipv6, aliases, undo, mac)
             self.endpoints[ep.id] = ep
             undo.push(self.endpoints.pop, ep.id)
-            self._join(ep, sb, undo)
+            self._join(ep, sb, undo, ifname)
             txn = Txn()
             self._endpoint_txn(ep, txn)
             self._sync_gateway(sb, undo, txn)
@@ -440,18 +466,62 @@ class Controller:
         self._tell("endpoint_left", ep, sb)
         self._resync_gateway(sb)
 
+    # -- dockerd's remote driver API: dockerd moves and configures the interface ----------------
+    def join_external(self, endpoint_ref: str, sandbox_key: str) -> tuple[str, JoinInfo]:
+        """Join for a sandbox cnet does not manage: the endpoint's interface is made in
+        the daemon's own namespace under a temporary name (returned), for dockerd to move
+        into `sandbox_key` and configure (Docker's remote driver API: Join's SrcName)."""
+        ep = self.endpoint(endpoint_ref)
+        if ep.sandbox_id or ep.driver_state.get("external_sandbox"):
+            raise Conflict(f"endpoint {ids.short(ep.id)} is already joined to a sandbox")
+        net = self.networks[ep.network_id]
+        driver = self.driver(net)
+        ifname = "cnc" + ep.id[:7]
+        with Undo() as undo:
+            info = driver.join(net, ep, self.kernel.host_netns_path, ifname)
+            undo.push(driver.leave, net, ep)
+            ep.gateway4, ep.gateway6 = info.gateway4, info.gateway6
+            ep.driver_state["external_sandbox"] = sandbox_key
+            undo.push(ep.driver_state.pop, "external_sandbox")
+            if self.glob and net.scope == "global":
+                self.glob.publish(ep, None)
+                undo.push(self.glob.unpublish, ep)
+            self.store.put(f"endpoint/{ep.id}", ep.to_record())
+        return ifname, info
+
+    def leave_external(self, endpoint_ref: str) -> Endpoint:
+        ep = self.endpoint(endpoint_ref)
+        if not ep.driver_state.get("external_sandbox"):
+            raise Conflict(f"endpoint {ids.short(ep.id)} is not joined to a sandbox")
+        net = self.networks[ep.network_id]
+        if self.glob and net.scope == "global":
+            self.glob.unpublish(ep)
+        self.driver(net).leave(net, ep)
+        del ep.driver_state["external_sandbox"]
+        ep.gateway4 = ep.gateway6 = None
+        self.store.put(f"endpoint/{ep.id}", ep.to_record())
+        return ep
+
     # -- sandboxes ------------------------------------------------------------------------------
     def create_sandbox(self, name: str, labels: dict[str, str] | None = None,
-                       sandbox_id: str | None = None) -> Sandbox:
+                       sandbox_id: str | None = None, key: str | None = None) -> Sandbox:
+        """A new namespace, or with `key` one that exists already (a runtime's, as CNI
+        gives it): cnet then uses it but never creates or removes it."""
         ids.check_name("sandbox", name)
         if any(s.name == name for s in self.sandboxes.values()):
             raise Conflict(f'sandbox name "{name}" is already in use')
+        if key is not None:
+            if not self.kernel.is_namespace_file(key):
+                raise InvalidParameter(f"{key} is not a network namespace")
+            if any(s.key == key for s in self.sandboxes.values()):
+                raise Conflict(f"namespace {key} is already a sandbox")
         sid = sandbox_id or ids.new_id()
-        sb = Sandbox(id=sid, name=name, created=now(), key=self.kernel.netns_path(sid),
-                     labels=dict(labels or {}))
+        sb = Sandbox(id=sid, name=name, created=now(), key=key or self.kernel.netns_path(sid),
+                     labels=dict(labels or {}), external=key is not None)
         with Undo() as undo:
-            self.kernel.create_netns(sb.key)
-            undo.push(self.kernel.remove_netns, sb.key)
+            if not sb.external:
+                self.kernel.create_netns(sb.key)
+                undo.push(self.kernel.remove_netns, sb.key)
             self.store.put(f"sandbox/{sb.id}", sb.to_record())
         self.sandboxes[sb.id] = sb
         return sb
@@ -473,7 +543,10 @@ class Controller:
                 errors.append(exc)
         self._tell("sandbox_removed", sb)
         try:
-            self.kernel.remove_netns(sb.key)
+            if sb.external:
+                self.kernel.forget_netns(sb.key)  # the runtime's: only our handle goes
+            else:
+                self.kernel.remove_netns(sb.key)
         except Exception as exc:
             errors.append(exc)
         self._tearing_down.discard(sb.id)

@@ -207,13 +207,15 @@ class GlobalScope:
         self.delete([ip_key(net.id, cidr)])
 
     # -- peers ---------------------------------------------------------------------------
-    def peer_record(self, ep: Endpoint, sb: Sandbox) -> dict:
+    def peer_record(self, ep: Endpoint, sb: Sandbox | None) -> dict:
+        """`sb` None: an endpoint joined for dockerd (no cnet sandbox; its own name)."""
         c = self.cluster
+        names = self.ctl.endpoint_names(ep, sb) if sb else [n for n in (ep.name,) if n]
         return {"endpoint": ep.id, "ipv4": ep.ipv4, "ipv6": ep.ipv6, "mac": ep.mac,
                 "vtep": c.advertise_addr, "node": c.node_id, "node_name": c.node_name,
-                "sandbox": sb.name, "names": self.ctl.endpoint_names(ep, sb)}
+                "sandbox": sb.name if sb else ep.name, "names": names}
 
-    def publish(self, ep: Endpoint, sb: Sandbox) -> None:
+    def publish(self, ep: Endpoint, sb: Sandbox | None) -> None:
         key = peer_key(ep.network_id, ep.id)
         self.store.commit(Txn(puts={key: self.peer_record(ep, sb)}, leased=[key]))
 
@@ -226,8 +228,12 @@ class GlobalScope:
         out = {}
         for ep in ctl.endpoints.values():
             net = ctl.networks.get(ep.network_id)
-            if net is not None and net.scope == "global" and ep.sandbox_id:
+            if net is None or net.scope != "global":
+                continue
+            if ep.sandbox_id:
                 out[peer_key(net.id, ep.id)] = self.peer_record(ep, ctl.sandboxes[ep.sandbox_id])
+            elif ep.driver_state.get("external_sandbox"):
+                out[peer_key(net.id, ep.id)] = self.peer_record(ep, None)
         return out
 
     def apply_peer(self, network_id: str, endpoint_id: str, rec: dict | None) -> None:

@@ -76,6 +76,7 @@ class Sandbox:
     key: str  # path of the bind-mounted network namespace
     endpoints: list[str] = field(default_factory=list)  # join order: first with a gateway wins
     labels: dict[str, str] = field(default_factory=dict)
+    external: bool = False  # a namespace someone else made (CNI): never created or removed
 
     def to_record(self) -> dict:
         return asdict(self)

@@ -58,7 +58,7 @@ def reconcile(ctl: Controller) -> None:
     kernel = ctl.kernel
     kernel.prepare()
     for sb in ctl.sandboxes.values():
-        if not namespaces.is_netns(sb.key):
+        if not sb.external and not namespaces.is_netns(sb.key):
             log.info("recreating namespace of sandbox %s", sb.name)
             namespaces.remove(sb.key)
             kernel.create_netns(sb.key)

@@ -96,7 +96,8 @@ def network_connect(app: App, req: Request) -> tuple[int, Any]:
         return 200, {}
     ipam = cfg.get("IPAMConfig") or {}
     ctl.connect(req.params[0], target, ipv4=ipam.get("IPv4Address") or None,
-                ipv6=ipam.get("IPv6Address") or None, aliases=cfg.get("Aliases") or [])
+                ipv6=ipam.get("IPv6Address") or None, aliases=cfg.get("Aliases") or [],
+                ifname=cfg.get("InterfaceName") or None, mac=cfg.get("MacAddress") or None)
     return 200, {}
 
 
@@ -126,7 +127,8 @@ def network_disconnect(app: App, req: Request) -> tuple[int, Any]:
 @route("POST", "/sandboxes/create")
 def sandbox_create(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    sb = ctl.create_sandbox(req.body.get("Name") or "", req.body.get("Labels"))
+    sb = ctl.create_sandbox(req.body.get("Name") or "", req.body.get("Labels"),
+                            key=req.body.get("Key") or None)
     return 201, {"Id": sb.id}
 
 

@@ -66,6 +66,8 @@ class DNSWiring:
 
     def peer_joined(self, net: Network, endpoint_id: str, rec: dict) -> None:
         """An endpoint on another node of a global network: its names resolve here too."""
+        if not rec.get("names"):
+            return  # e.g. an endpoint dockerd made: no name to serve
         try:
             self.names.set_endpoint(net.id, net.name, endpoint_id, rec.get("names") or [],
                                     _addr(rec.get("ipv4")), _addr(rec.get("ipv6")))

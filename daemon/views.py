@@ -107,6 +107,7 @@ def sandbox_view(ctl: Controller, sb: Sandbox) -> dict:
         "Name": sb.name,
         "Created": sb.created,
         "Key": sb.key,
+        "External": sb.external,
         "Labels": dict(sb.labels),
         "Networks": networks,
     }

@@ -21,6 +21,11 @@ class Kernel:
         self._sandboxes: dict[str, Netlink] = {}
 
     @property
+    def host_netns_path(self) -> str:
+        """The daemon's own namespace as a path (a driver may create "into" it)."""
+        return f"/proc/{os.getpid()}/ns/net"
+
+    @property
     def host(self) -> Netlink:
         """The daemon's own namespace (its bridges and the host side of veths)."""
         if self._host is None:
@@ -62,6 +67,15 @@ class Kernel:
         if nl is not None:
             nl.close()
         namespaces.remove(key)
+
+    def is_namespace_file(self, key: str) -> bool:
+        return namespaces.is_nsfs(key)
+
+    def forget_netns(self, key: str) -> None:
+        """Close our handle of a namespace we do not own (it stays)."""
+        nl = self._sandboxes.pop(key, None)
+        if nl is not None:
+            nl.close()
 
     def is_netns(self, key: str) -> bool:
         """True when `key` is a mounted namespace file (it may outlive the daemon)."""

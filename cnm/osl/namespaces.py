@@ -34,6 +34,15 @@ def is_netns(path: str) -> bool:
     return os.path.exists(path) and _is_mount_point(os.path.realpath(path))
 
 
+def is_nsfs(path: str) -> bool:
+    """True when `path` is a namespace file (a bind mount of one, or /proc/PID/ns/net):
+    namespace files all live on the kernel's nsfs, one device."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
 def create(path: str) -> None:
     """Create a new network namespace pinned at `path`.
 
