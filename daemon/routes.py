@@ -7,5 +7,6 @@ from cnet.daemon import (  # noqa: F401
     api_images,
     api_network,
     api_nodes,
+    api_ports,
     api_volumes,
 )

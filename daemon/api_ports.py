@@ -1,0 +1,133 @@
+"""Published ports of bare sandboxes: what CNI's `portMappings` capability asks for.
+
+Containers publish their ports with `run -p` (runtime/containers.py); a sandbox that
+cnet-cni attached for another runtime has no container record, so its bindings are
+made here, per (sandbox, network): DNAT from the host port to the sandbox's address on
+that network. The allocator is the container runtime's PortPublisher, so a host port is
+never given twice whoever asks, and the packets are ingress/firewall.py's as for
+containers. Bindings go when the endpoint leaves (disconnect, sandbox removal) or on
+DELETE. They live in memory only: a restarted cnetd rebuilds its nftables table
+without them.
+
+    POST   /sandboxes/{id}/ports  {"Network": NET, "PortBindings": {"80/tcp": [{"HostIp":
+           "", "HostPort": "8080"}]}}  ->  {"Ports": {...}} (Docker's NetworkSettings.Ports)
+    GET    /sandboxes/{id}/ports  ->  {NETWORK NAME: Ports}
+    DELETE /sandboxes/{id}/ports[?network=NET]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
+from cnet.cnm.model import Endpoint, Sandbox
+from cnet.daemon.api import Request, route
+from cnet.daemon.app import App
+from cnet.runtime.ports import PortPublisher
+
+
+class SandboxPorts:
+    """The bindings made through this API, and the controller listener that drops them
+    when their endpoint leaves."""
+
+    def __init__(self, app: App) -> None:
+        containers = app.containers
+        self.publisher: PortPublisher = (containers.ports if containers is not None
+                                         and containers.ports is not None
+                                         else PortPublisher(app.controller.firewall))
+        self.ports: dict[str, dict] = {}  # "<sandbox id>/<network id>" -> Docker's Ports
+        app.controller.listeners.append(self)
+
+    @staticmethod
+    def key(sandbox_id: str, network_id: str) -> str:
+        return f"{sandbox_id}/{network_id}"
+
+    def release(self, key: str) -> bool:
+        if self.ports.pop(key, None) is None:
+            return False
+        self.publisher.release(key)
+        return True
+
+    # -- controller listener (every event is told to every listener) --------------------
+    def endpoint_left(self, ep: Endpoint, sb: Sandbox) -> None:
+        self.release(self.key(sb.id, ep.network_id))
+
+    def __getattr__(self, event: str):
+        if event.startswith("_"):
+            raise AttributeError(event)
+        return _ignore
+
+
+def _ignore(*_args: Any) -> None:
+    return None
+
+
+def sandbox_ports(app: App) -> SandboxPorts:
+    """The app's SandboxPorts, made (and registered as a listener) on first use."""
+    state = app.__dict__.get("_sandbox_ports")
+    if state is None:
+        state = app.__dict__["_sandbox_ports"] = SandboxPorts(app)
+    return state
+
+
+def _bare_sandbox(app: App, ref: str) -> Sandbox:
+    sb = app.controller.sandbox(ref)
+    if app.containers is not None:
+        try:
+            app.containers.get(sb.id)
+        except NotFound:
+            return sb
+        raise InvalidParameter(f"{sb.name} is a container: publish its ports with run -p")
+    return sb
+
+
+@route("POST", "/sandboxes/([^/]+)/ports")
+def sandbox_ports_publish(app: App, req: Request) -> tuple[int, Any]:
+    ctl = app.controller
+    sb = _bare_sandbox(app, req.params[0])
+    bindings = req.body.get("PortBindings")
+    if not isinstance(bindings, dict) or not all(
+            isinstance(v, list) and all(isinstance(b, dict) for b in v)
+            for v in bindings.values()):
+        raise InvalidParameter('PortBindings must be {"PORT/PROTO": [{"HostIp": ..., '
+                               '"HostPort": ...}]}')
+    net = ctl.network(str(req.body.get("Network") or ""))
+    ep = next((ctl.endpoints[e] for e in sb.endpoints
+               if ctl.endpoints[e].network_id == net.id), None)
+    if ep is None:
+        raise NotFound(f"sandbox {sb.name} is not connected to network {net.name}")
+    if not ep.ipv4 or net.driver != "bridge":
+        raise InvalidParameter("published ports need a bridge network with IPv4")
+    state = sandbox_ports(app)
+    key = state.key(sb.id, net.id)
+    if key in state.ports:
+        raise Conflict(f"sandbox {sb.name} already publishes ports on {net.name}")
+    state.publisher.validate(bindings)
+    ports = state.publisher.publish(key, ep.ipv4.split("/")[0], {"PortBindings": bindings}, {})
+    state.ports[key] = ports
+    return 200, {"Ports": ports}
+
+
+@route("GET", "/sandboxes/([^/]+)/ports")
+def sandbox_ports_list(app: App, req: Request) -> tuple[int, Any]:
+    ctl = app.controller
+    sb = ctl.sandbox(req.params[0])
+    state = sandbox_ports(app)
+    out = {}
+    for key, ports in state.ports.items():
+        sid, _, net_id = key.partition("/")
+        if sid == sb.id and net_id in ctl.networks:
+            out[ctl.networks[net_id].name] = ports
+    return 200, out
+
+
+@route("DELETE", "/sandboxes/([^/]+)/ports")
+def sandbox_ports_delete(app: App, req: Request) -> tuple[int, Any]:
+    ctl = app.controller
+    sb = ctl.sandbox(req.params[0])
+    state = sandbox_ports(app)
+    wanted = req.query.get("network")
+    nets = [ctl.network(wanted).id] if wanted else list(ctl.networks)
+    for net_id in nets:
+        state.release(state.key(sb.id, net_id))
+    return 204, None
