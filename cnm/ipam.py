@@ -283,6 +283,12 @@ class Ipam:
         addr = alloc.allocate(ip)
         return f"{addr}/{alloc.subnet.prefixlen}"
 
+    def in_use(self, network_id: str, ip: str) -> bool:
+        """Is `ip` taken (or reserved: gateway, aux) on the network's subnet?"""
+        alloc = self._allocator(network_id, IPAddress(ip).version)
+        n = int(IPAddress(ip))
+        return alloc is not None and (n in alloc.used or n in alloc.reserved)
+
     def mark(self, network_id: str, ip: str, used: bool) -> None:
         """Another node took (or gave back) `ip` on a global network: keep the cache in step."""
         alloc = self._allocator(network_id, IPAddress(ip).version)

@@ -25,6 +25,7 @@ from cnet.cnm.reconcile import cleanup, load, reconcile
 from cnet.cnm.store import SQLiteStore, Store
 from cnet.daemon.app import App
 from cnet.daemon.dnswire import DNSWiring, host_upstreams
+from cnet.daemon.plugin_docker import DEFAULT_SOCKET, DockerPlugin, PluginServer, PluginUnavailable
 from cnet.daemon.server import UnixHTTPServer
 from cnet.daemon.worker import KernelWorker
 from cnet.dns.names import NameTable
@@ -73,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS",
                    help="a node silent this long is Down and its endpoints leave the "
                         "cluster (default %(default)s)")
+    p.add_argument("--docker-plugin-socket", default=None, metavar="PATH",
+                   help="serve Docker's remote network and IPAM driver plugin API here "
+                        f'(default {DEFAULT_SOCKET}; the plugin name is the basename; '
+                        '"none" to disable)')
     p.add_argument("--cleanup", action="store_true",
                    help="remove every kernel object this daemon owns, then exit")
     p.add_argument("--version", action="version", version=f"cnetd {__version__}")
@@ -207,6 +212,28 @@ def cluster_info(cluster: Cluster, args: argparse.Namespace) -> dict:
             "NodeTTL": cluster.ttl}
 
 
+def start_docker_plugin(app: App, args: argparse.Namespace) -> PluginServer | None:
+    """Docker's plugin API on its own socket. The default socket already served by a live
+    process (another cnetd) is left alone with a warning; a chosen one is an error."""
+    path = args.docker_plugin_socket or DEFAULT_SOCKET
+    if path == "none":
+        return None
+    plugin = DockerPlugin(app)
+    app.worker.run(plugin.load)  # the pools stay reserved even if the socket is taken
+    try:
+        server = PluginServer(path, plugin)
+    except PluginUnavailable as exc:
+        if args.docker_plugin_socket:
+            raise CnetError(f"--docker-plugin-socket: {exc}") from None
+        log.warning("Docker plugin API disabled: %s", exc)
+        return None
+    except OSError as exc:
+        raise CnetError(f"--docker-plugin-socket {path}: {exc.strerror or exc}") from None
+    log.info("Docker network and IPAM plugin %r on %s",
+             os.path.splitext(os.path.basename(path))[0], path)
+    return server.start()
+
+
 def raise_nofile_limit() -> None:
     """Soft -> hard open-files limit: every sandbox costs a netlink socket and the DNS
     listeners' fds (the hard limit itself cannot be raised without CAP_SYS_RESOURCE)."""
@@ -232,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if errors else 0
         app = App(controller=ctl, worker=worker, cluster=cluster)
         worker.run(start, app, args)
+        plugin_server = start_docker_plugin(app, args)
     except CnetError as exc:
         print(f"cnetd: {exc}", file=sys.stderr)
         return 1
@@ -249,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     server.serve_forever(poll_interval=0.5)
     server.server_close()
     os.unlink(server.server_address) if os.path.exists(server.server_address) else None
+    if plugin_server is not None:
+        plugin_server.stop()
     if app.dns is not None:
         app.dns.close()
     if app.cluster is not None:

@@ -179,5 +179,6 @@ class BridgeDriver(Driver):
 
     def owned_links(self, network: Network, endpoints: list[Endpoint]) -> set[str]:
         names = {network.driver_state["bridge"]}
-        names.update(e.driver_state["veth"] for e in endpoints if e.sandbox_id)
+        names.update(e.driver_state["veth"] for e in endpoints
+                     if e.sandbox_id or e.driver_state.get("external_sandbox"))
         return names
