@@ -385,7 +385,10 @@ class Daemon:
             self.proc = subprocess.Popen(
                 ["nsenter", f"--net={self.ns.path}", *self.launcher, "-H", self.host,
                  "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                 "--log-level", self.log_level, *self.args],
+                 "--log-level", self.log_level, *self.args,
+                 # never the shared default Docker plugin socket, unless asked for
+                 *([] if any(a.startswith("--docker-plugin-socket") for a in self.args)
+                   else ["--docker-plugin-socket", "none"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=None if self.env is None else {**os.environ, **self.env},
                 start_new_session=True,  # Ctrl-C reaches us, we stop it in order

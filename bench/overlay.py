@@ -183,7 +183,7 @@ class HostDaemon(Daemon):
             self.proc = subprocess.Popen(
                 ["nsenter", f"--net={self.ns.path}", self.cnetd, "-H", self.host,
                  "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                 "--log-level", self.log_level, *self.args],
+                 "--log-level", self.log_level, "--docker-plugin-socket", "none", *self.args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         proc = self.proc

@@ -162,6 +162,7 @@ for n in 1 2; do
     mkdir -p "$TMP/h$n"
     cnetd_cmd=(setsid nsenter --net="$(nspath "$n")" "$CNETD" -H "${SOCK[n]}"
         --data-root "$TMP/h$n/data" --exec-root "$TMP/h$n/exec" --log-level info
+        --docker-plugin-socket none
         --cluster-store "$STORE" --advertise-addr "${IP[n]}" --node-name "node$n")
     bold "\$ ${cnetd_cmd[*]} &"
     "${cnetd_cmd[@]}" </dev/null >"$TMP/h$n/cnetd.log" 2>&1 &

@@ -85,9 +85,9 @@ run ip netns add "$NS"
 run ip -n "$NS" link set lo up
 
 say "start cnetd inside it (nsenter keeps our mount namespace, so sandbox mounts stay visible)"
-bold "\$ nsenter --net=$NSPATH $CNETD -H $CNET_HOST --data-root $TMP/data --exec-root $TMP/exec --log-level info &"
+bold "\$ nsenter --net=$NSPATH $CNETD -H $CNET_HOST --data-root $TMP/data --exec-root $TMP/exec --log-level info --docker-plugin-socket none &"
 nsenter --net="$NSPATH" "$CNETD" -H "$CNET_HOST" --data-root "$TMP/data" \
-    --exec-root "$TMP/exec" --log-level info >"$TMP/cnetd.log" 2>&1 &
+    --exec-root "$TMP/exec" --log-level info --docker-plugin-socket none >"$TMP/cnetd.log" 2>&1 &
 DPID=$!
 for i in $(seq 100); do
     if "$CNET" -H "$CNET_HOST" info >/dev/null 2>&1; then break; fi

@@ -507,13 +507,18 @@ class Daemon:
         return self.proc.pid if self.proc else None
 
     def command(self) -> list[str]:
+        args = list(self.args)
+        # Many daemons run side by side: none may take the shared default Docker plugin
+        # socket (/run/docker/plugins/cnet.sock) unless a test gives its own path.
+        if not any(a.startswith("--docker-plugin-socket") for a in args):
+            args += ["--docker-plugin-socket", "none"]
         return [
             "nsenter", f"--net={self.netns_path}", self.binary,
             "-H", self.host,
             "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root),
             "--log-level", self.log_level,
-            *self.args,
+            *args,
         ]
 
     def start(self, timeout: float = 20) -> Daemon:
