@@ -438,24 +438,29 @@ def cmd_add(conf: dict[str, Any]) -> dict[str, Any]:
                     raise
             net = client.get(url_path("networks", conf["network"]))
         name = sandbox_name(cid)
-        sb = _sandbox(client, cid)
-        if sb is None:
+        try:
             client.post("/sandboxes/create", {
                 "Name": name, "Key": netns,
                 "Labels": {LABEL_CONTAINER: cid, LABEL_NETWORK: conf["name"],
                            LABEL_IFNAME: ifname}})
             undo.append(("DELETE", url_path("sandboxes", name), None))
-        elif sb["Key"] != netns:
-            raise CNIError(E_OTHER, f"container {cid} is attached in another namespace "
-                                    f"({sb['Key']})")
-        client.post(url_path("networks", net["Name"], "connect"),
-                    {"Container": name, "EndpointConfig": ep_config})
+        except Exception as exc:
+            if _status(exc) != 409:
+                raise
+            sb = _sandbox(client, cid)  # attached to another network already?
+            if sb is None or sb["Key"] != netns:
+                where = f" in {sb['Key']}" if sb else ""
+                raise CNIError(E_OTHER, f"cannot make sandbox {name} for container {cid}"
+                                        f"{where}: {_api_error(exc).msg}") from None
+        ep = client.post(url_path("networks", net["Name"], "connect"),
+                         {"Container": name, "EndpointConfig": ep_config})
         undo.append(("POST", url_path("networks", net["Name"], "disconnect"),
                      {"Container": name, "Force": True}))
         if bindings:
             client.post(url_path("sandboxes", name, "ports"),
                         {"Network": net["Name"], "PortBindings": bindings})
-        ep = client.get(url_path("sandboxes", name))["Networks"][net["Name"]]
+        if not (ep or {}).get("EndpointID"):  # a cnetd whose connect answers {}
+            ep = client.get(url_path("sandboxes", name))["Networks"][net["Name"]]
     except BaseException:
         for method, path, body in reversed(undo):  # leave nothing behind
             try:
@@ -482,17 +487,13 @@ def remove_attachment(client: Client, sb: dict, network: str) -> None:
     from cnet.cli.client import url_path
 
     networks = sb.get("Networks") or {}
-    if network in networks:
-        try:
-            client.post(url_path("networks", network, "disconnect"),
-                        {"Container": sb["Id"], "Force": True})
-        except Exception as exc:
-            if _status(exc) != 404:
-                raise
-    if set(networks) - {network}:
-        return
     try:
-        client.delete(url_path("sandboxes", sb["Id"]), query={"force": "1"})
+        if set(networks) - {network}:
+            if network in networks:
+                client.post(url_path("networks", network, "disconnect"),
+                            {"Container": sb["Id"], "Force": True})
+        else:  # its last network: the sandbox goes, and its endpoint with it
+            client.delete(url_path("sandboxes", sb["Id"]), query={"force": "1"})
     except Exception as exc:
         if _status(exc) != 404:
             raise

@@ -95,10 +95,11 @@ def network_connect(app: App, req: Request) -> tuple[int, Any]:
         app.containers.connect_network(target, req.params[0], cfg)
         return 200, {}
     ipam = cfg.get("IPAMConfig") or {}
-    ctl.connect(req.params[0], target, ipv4=ipam.get("IPv4Address") or None,
-                ipv6=ipam.get("IPv6Address") or None, aliases=cfg.get("Aliases") or [],
-                ifname=cfg.get("InterfaceName") or None, mac=cfg.get("MacAddress") or None)
-    return 200, {}
+    ep = ctl.connect(req.params[0], target, ipv4=ipam.get("IPv4Address") or None,
+                     ipv6=ipam.get("IPv6Address") or None, aliases=cfg.get("Aliases") or [],
+                     ifname=cfg.get("InterfaceName") or None,
+                     mac=cfg.get("MacAddress") or None)
+    return 200, endpoint_view(ctl, ep)  # (Docker answers {}): what cnet-cni reports
 
 
 def _container(app: App, target: str) -> bool:
