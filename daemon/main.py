@@ -212,26 +212,34 @@ def cluster_info(cluster: Cluster, args: argparse.Namespace) -> dict:
             "NodeTTL": cluster.ttl}
 
 
-def start_docker_plugin(app: App, args: argparse.Namespace) -> PluginServer | None:
-    """Docker's plugin API on its own socket. The default socket already served by a live
-    process (another cnetd) is left alone with a warning; a chosen one is an error."""
+def open_docker_plugin(args: argparse.Namespace) -> PluginServer | None:
+    """Docker's plugin API socket, bound before any state is built. The default socket
+    already served by a live process (another cnetd) is left alone with a warning; a
+    chosen one is an error."""
     path = args.docker_plugin_socket or DEFAULT_SOCKET
     if path == "none":
         return None
-    plugin = DockerPlugin(app)
-    app.worker.run(plugin.load)  # the pools stay reserved even if the socket is taken
     try:
-        server = PluginServer(path, plugin)
+        return PluginServer(path)
     except PluginUnavailable as exc:
         if args.docker_plugin_socket:
             raise CnetError(f"--docker-plugin-socket: {exc}") from None
         log.warning("Docker plugin API disabled: %s", exc)
-        return None
     except OSError as exc:
         raise CnetError(f"--docker-plugin-socket {path}: {exc.strerror or exc}") from None
-    log.info("Docker network and IPAM plugin %r on %s",
-             os.path.splitext(os.path.basename(path))[0], path)
-    return server.start()
+    return None
+
+
+def start_docker_plugin(app: App, server: PluginServer | None) -> None:
+    """Rebuild the plugin's state (its pools stay reserved even when the socket is
+    served by someone else), then serve."""
+    plugin = DockerPlugin(app)
+    app.worker.run(plugin.load)
+    if server is not None:
+        server.start(plugin)
+        path = str(server.server_address)
+        log.info("Docker network and IPAM plugin %r on %s",
+                 os.path.splitext(os.path.basename(path))[0], path)
 
 
 def raise_nofile_limit() -> None:
@@ -257,9 +265,15 @@ def main(argv: list[str] | None = None) -> int:
             for e in errors:
                 print(f"cnetd: cleanup: {e}", file=sys.stderr)
             return 1 if errors else 0
+        plugin_server = open_docker_plugin(args)
         app = App(controller=ctl, worker=worker, cluster=cluster)
-        worker.run(start, app, args)
-        plugin_server = start_docker_plugin(app, args)
+        try:
+            worker.run(start, app, args)
+            start_docker_plugin(app, plugin_server)
+        except BaseException:
+            if plugin_server is not None:
+                plugin_server.stop()
+            raise
     except CnetError as exc:
         print(f"cnetd: {exc}", file=sys.stderr)
         return 1

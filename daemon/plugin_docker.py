@@ -14,9 +14,9 @@ Program/RevokeExternalConnectivity as "not implemented").
 Mapping onto the CNM controller (every call runs on the kernel worker):
 - CreateNetwork: a cnet network with dockerd's NetworkID as its id, named
   `docker-<id12>` (dockerd does not send the network's name), driver from
-  `-o cnet.driver=bridge|overlay|macvlan` (default bridge), the subnet and gateway of
-  IPv4Data/IPv6Data (from cnet's IPAM driver or Docker's default one), labelled
-  `cnet.plugin=docker`. Other generic options go to the cnet driver as they are.
+  `-o cnet.driver=DRIVER` (a cnet driver: bridge, the default, overlay, macvlan...),
+  the subnet and gateway of IPv4Data/IPv6Data (from cnet's IPAM driver or Docker's
+  default one), labelled `cnet.plugin=docker`. Other generic options go to the cnet driver as they are.
 - CreateEndpoint: the endpoint with dockerd's EndpointID and the address the IPAM gave;
   the MAC is dockerd's, or cnet's (answered back) when dockerd has none.
 - Join: the interface is made in cnetd's own namespace under a temporary name
@@ -231,10 +231,7 @@ class DockerPlugin:
         if not isinstance(generic, dict):
             raise InvalidParameter(f"{GENERIC} must be an object")
         generic = {str(k): str(v) for k, v in generic.items()}
-        driver = generic.pop(DRIVER_OPTION, "bridge") or "bridge"
-        if driver not in ("bridge", "overlay", "macvlan"):
-            raise InvalidParameter(f'unknown network driver "{driver}" ({DRIVER_OPTION}: '
-                                   'bridge, overlay or macvlan)')
+        driver = generic.pop(DRIVER_OPTION, "bridge") or "bridge"  # cnet says if unknown
         unknown = sorted(k for k in generic if k.startswith("cnet."))
         if unknown:
             raise InvalidParameter(f"unknown option {unknown[0]}")
@@ -502,8 +499,10 @@ def _served(path: str) -> bool:
 class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, plugin: DockerPlugin):
-        self.plugin = plugin
+    def __init__(self, path: str):
+        """Bind the socket (early, before the daemon builds any state: a refused socket
+        must leave nothing behind); start() serves it."""
+        self.plugin: DockerPlugin | None = None
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.lexists(path):
             if _served(path):
@@ -517,7 +516,8 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._inode = os.stat(path).st_ino
         self._thread: threading.Thread | None = None
 
-    def start(self) -> PluginServer:
+    def start(self, plugin: DockerPlugin) -> PluginServer:
+        self.plugin = plugin
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="docker-plugin", daemon=True)
         self._thread.start()
