@@ -16,7 +16,8 @@ Mapping onto the CNM controller (every call runs on the kernel worker):
   `docker-<id12>` (dockerd does not send the network's name), driver from
   `-o cnet.driver=DRIVER` (a cnet driver: bridge, the default, overlay, macvlan...),
   the subnet and gateway of IPv4Data/IPv6Data (from cnet's IPAM driver or Docker's
-  default one), labelled `cnet.plugin=docker`. Other generic options go to the cnet driver as they are.
+  default one), labelled `cnet.plugin=docker`. Other generic options go to the cnet
+  driver as they are.
 - CreateEndpoint: the endpoint with dockerd's EndpointID and the address the IPAM gave;
   the MAC is dockerd's, or cnet's (answered back) when dockerd has none.
 - Join: the interface is made in cnetd's own namespace under a temporary name
