@@ -24,6 +24,8 @@ import harness
 import pytest
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
+#: where the reference plugins and libcni (podman) keep state whatever the config says
+CNI_STATE_DIRS = (Path("/run/cni"), Path("/var/lib/cni"))
 PODMAN = shutil.which("podman")
 SUBNET, GATEWAY = "10.77.0.0/24", "10.77.0.1"
 
@@ -47,6 +49,26 @@ def _requirements():
         pytest.skip(reason)
     if CNET_CNI is None:
         pytest.skip("cnet-cni is not installed (make setup)")
+
+
+def _tree(top: Path) -> set[Path]:
+    out = set()
+    for dirpath, _dirs, files in os.walk(top):
+        out.add(Path(dirpath))
+        out.update(Path(dirpath) / f for f in files)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _cni_state():
+    """Remove what the reference plugins and podman leave in /run/cni and /var/lib/cni
+    (tuning's backups, host-local's leases, libcni's result cache) during a test."""
+    before = {p for top in CNI_STATE_DIRS for p in _tree(top)}
+    yield
+    new = {p for top in CNI_STATE_DIRS for p in _tree(top)} - before
+    for p in sorted(new, key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            p.rmdir() if p.is_dir() else p.unlink()
 
 
 @pytest.fixture
