@@ -647,3 +647,57 @@ def test_podman_containers_on_a_cnet_network(cnid, busybox_tar):
             n for n in os.listdir("/run/netns") if n.startswith("cnet-")}
     finally:
         podman.close()
+
+
+def test_cnetd_restart_keeps_cni_attachments(cnid, containers):
+    """Attachments outlive a cnetd restart (the namespaces are the runtime's): traffic and
+    names still work, and DEL afterwards cleans up as before."""
+    d = cnid
+    c1, c2 = containers(), containers()
+    conf = config(d)
+    r1 = ok(cni(d, "ADD", conf, container="keep1", netns=c1))
+    ok(cni(d, "ADD", conf, container="keep2", netns=c2, args="IP=10.77.0.77;MAC=c2:00:00:00:00:77"))
+    assert addresses(c2, "eth0") == {"10.77.0.77/24"}
+    d.restart()
+    assert harness.wait_ping(c1, "10.77.0.77")
+    assert harness.wait_for(lambda: dig(c2, "cni-keep1"), timeout=5, what="DNS after restart") \
+        == [r1["ips"][0]["address"].split("/")[0]]
+    ok(cni(d, "CHECK", dict(conf, prevResult=r1), container="keep1", netns=c1))
+    for cid, ns in (("keep1", c1), ("keep2", c2)):
+        ok(cni(d, "DEL", conf, container=cid, netns=ns))
+    assert cnet_state(d)[0] == [] and netns_links(c1) == netns_links(c2) == {"lo"}
+
+
+def test_config_translation_and_result_merging():
+    """The pure parts: host-local ranges -> cnet pools, portMappings -> PortBindings,
+    sandbox names, and a result merged into a prevResult (cnet not first in a chain)."""
+    from cnet.cli import cni as plugin_mod
+
+    req = plugin_mod.network_request(plugin_mod.read_config(json.dumps(config(None, ipam={
+        "type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.254"}],
+                                         [{"subnet": "fd01::/64"}]]})).encode()))
+    assert req["IPAM"]["Config"] == [{"Subnet": "10.1.0.0/24", "Gateway": "10.1.0.254"},
+                                     {"Subnet": "fd01::/64"}]
+    assert req["EnableIPv6"] and req["Driver"] == "bridge" and req["Name"] == "cninet"
+    assert plugin_mod.port_bindings([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+        {"hostPort": 8081, "containerPort": 80}]) == {
+        "80/tcp": [{"HostIp": "", "HostPort": "8080"}, {"HostIp": "", "HostPort": "8081"}],
+        "53/udp": [{"HostIp": "127.0.0.1", "HostPort": "5353"}]}
+    hexid = "ab" * 32
+    assert plugin_mod.sandbox_name(hexid) == "cni-" + hexid[:12]
+    assert plugin_mod.sandbox_name("ctr-1") == "cni-ctr-1"
+    long_a, long_b = "x" * 40 + "a", "x" * 40 + "b"
+    assert plugin_mod.sandbox_name(long_a) != plugin_mod.sandbox_name(long_b)
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "dummy0"}],
+            "ips": [{"address": "192.0.2.9/32", "interface": 0}],
+            "dns": {"nameservers": ["192.0.2.53"]}}
+    ep = {"EndpointID": "e" * 64, "InterfaceName": "eth1", "MacAddress": "02:42:0a:00:00:02",
+          "IPAddress": "10.0.0.2", "IPPrefixLen": 24, "Gateway": "10.0.0.1",
+          "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": ""}
+    out = plugin_mod.build_result("1.0.0", {}, {"Name": "n", "Driver": "bridge"}, ep,
+                                  "/run/netns/x", prev)
+    assert [i["name"] for i in out["interfaces"]] == ["dummy0", "veth" + "e" * 7, "eth1"]
+    assert out["ips"][1] == {"address": "10.0.0.2/24", "interface": 2, "gateway": "10.0.0.1"}
+    assert out["dns"]["nameservers"] == ["127.0.0.11", "192.0.2.53"]
