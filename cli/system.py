@@ -51,3 +51,5 @@ def info(fmt: str) -> None:
         ),
         indent=" ",
     )
+    for warning in data.get("Warnings") or []:
+        click.echo(f"WARNING: {warning}")

@@ -128,3 +128,9 @@ class Driver(ABC):
     def firewall_rules(self, network: Network) -> object | None:
         """The network's firewall description, for one atomic reset at start."""
         return None
+
+    def status(self, network: Network) -> dict[str, str]:
+        """Live state worth showing with the network (inspect's "Status"), read from the
+        kernel, e.g. a macvlan parent's {"Parent": "eth1", "ParentState": "missing"}; a
+        "Warning" entry is also listed by `cnet info`. Empty: nothing to report."""
+        return {}

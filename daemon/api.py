@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnet.daemon.app import App
+from cnet.daemon.views import network_warnings
 
 from cnet import __version__
 
@@ -82,4 +83,5 @@ def info(app: App, req: Request) -> tuple[int, Any]:
         "Networks": len(ctl.networks),
         "Sandboxes": len(ctl.sandboxes),
         **app.info,
+        "Warnings": network_warnings(ctl),
     }

@@ -33,6 +33,8 @@ from cnet.dns.server import DNSServer
 from cnet.drivers.bridge.driver import DEFAULT_BRIDGE, BridgeDriver
 from cnet.drivers.bridge.options import NAME as BRIDGE_NAME_OPTION
 from cnet.drivers.host.driver import HostDriver
+from cnet.drivers.ipvlan.driver import IpvlanDriver
+from cnet.drivers.macvlan.driver import MacvlanDriver
 from cnet.drivers.null.driver import NullDriver
 from cnet.drivers.overlay.driver import OverlayDriver
 from cnet.ingress.firewall import Firewall
@@ -45,7 +47,7 @@ from cnet.runtime.volumes import VolumeStore
 from cnet import __version__
 
 log = logging.getLogger("cnetd")
-DRIVERS = (BridgeDriver, HostDriver, NullDriver, OverlayDriver)
+DRIVERS = (BridgeDriver, HostDriver, NullDriver, OverlayDriver, MacvlanDriver, IpvlanDriver)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

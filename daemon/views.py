@@ -37,7 +37,24 @@ def network_view(ctl: Controller, net: Network) -> dict:
         "Containers": containers,
         "Options": _network_options(net),
         "Labels": dict(net.labels),
+        **_network_status(ctl, net),
     }
+
+
+def _network_status(ctl: Controller, net: Network) -> dict:
+    """The driver's live report (a macvlan parent's state), as "Status" when it has one."""
+    status = ctl.driver(net).status(net)
+    return {"Status": status} if status else {}
+
+
+def network_warnings(ctl: Controller) -> list[str]:
+    """`cnet info`'s warnings: what networks report as wrong (e.g. a missing parent)."""
+    out = []
+    for net in sorted(ctl.networks.values(), key=lambda n: n.name):
+        warning = ctl.driver(net).status(net).get("Warning")
+        if warning:
+            out.append(warning)
+    return out
 
 
 def _network_options(net: Network) -> dict[str, str]:

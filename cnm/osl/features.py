@@ -75,3 +75,26 @@ def _try_link(nl: Netlink, kind: str, kwargs: dict) -> bool:
         return False
     nl.delete_link(ifname)
     return True
+
+
+def probe_link_feature(scratch_dir: str, name: str) -> bool:
+    """Probe one link feature of _LINK_PROBES by name ("802.1q", "ipvlan", "macvlan"...)
+    in a namespace of its own (made under `scratch_dir`, removed afterwards)."""
+    entry = next((p for p in _LINK_PROBES if p[0] == name), None)
+    if entry is None:
+        raise ValueError(f"unknown link feature {name!r}")
+    _, kind, extra, needs_parent, _ = entry
+    path = os.path.join(scratch_dir, f"probe-{secrets.token_hex(4)}")
+    namespaces.create(path)
+    try:
+        nl = Netlink(path)
+        try:
+            kwargs = dict(extra)
+            if needs_parent:
+                nl.create_bridge("cnetparent", alias="probe")
+                kwargs["link"] = nl.index("cnetparent")
+            return _try_link(nl, kind, kwargs)
+        finally:
+            nl.close()
+    finally:
+        namespaces.remove(path)

@@ -19,6 +19,7 @@ class Kernel:
         self.netns_dir = netns_dir
         self._host: Netlink | None = None
         self._sandboxes: dict[str, Netlink] = {}
+        self._features: dict[str, bool] = {}  # link feature probes, once per process
 
     @property
     def host_netns_path(self) -> str:
@@ -131,6 +132,14 @@ class Kernel:
     def has_esp() -> bool:
         """IPsec ESP in the kernel (encrypted overlays); probed once per process."""
         return _has_esp()
+
+    def has_link_feature(self, name: str) -> bool:
+        """A link kind of features._LINK_PROBES ("802.1q", "ipvlan", "macvlan", ...) works
+        here; probed in a throwaway namespace the first time, then remembered."""
+        if name not in self._features:
+            self.prepare()
+            self._features[name] = features.probe_link_feature(self.netns_dir, name)
+        return self._features[name]
 
     def close(self) -> None:
         for nl in self._sandboxes.values():

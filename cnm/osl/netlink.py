@@ -55,6 +55,40 @@ class VxlanConfig:
     socket_elsewhere: bool  # its UDP socket lives in another namespace than the link
 
 
+IFF_UP = 0x1
+IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """A link's state as a driver needs it (e.g. a macvlan parent's)."""
+
+    index: int
+    ifname: str
+    kind: str | None
+    alias: str | None
+    master: int | None  # the bridge (or bond) it is a port of
+    up: bool  # administratively up (IFF_UP)
+    carrier: bool  # operstate up or unknown: frames can flow
+    mtu: int | None
+    address: str | None
+
+    @classmethod
+    def from_msg(cls, msg) -> LinkState:
+        linkinfo = msg.get_attr("IFLA_LINKINFO")
+        return cls(
+            index=msg["index"],
+            ifname=msg.get_attr("IFLA_IFNAME"),
+            kind=linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None,
+            alias=msg.get_attr("IFLA_IFALIAS"),
+            master=msg.get_attr("IFLA_MASTER"),
+            up=bool(msg["flags"] & IFF_UP),
+            carrier=msg.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"),
+            mtu=msg.get_attr("IFLA_MTU"),
+            address=msg.get_attr("IFLA_ADDRESS"),
+        )
+
+
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
@@ -341,6 +375,113 @@ class Netlink:
         idx = self.index("lo")
         if idx is not None:
             self.set_up(idx)
+
+    # -- links stacked on a parent (macvlan, ipvlan, 802.1q) ----------------------------
+    def link_state(self, ifname: str | None = None, index: int | None = None
+                   ) -> LinkState | None:
+        """One link's state, by name or index (None: no such link in this namespace)."""
+        what = ifname if ifname is not None else f"link {index}"
+        try:
+            if ifname is not None:
+                found = self._ipr.get_links(ifname=ifname)
+            else:
+                found = self._ipr.get_links(index)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise KernelError(f"look up {what}", exc) from None
+        return LinkState.from_msg(found[0]) if found else None
+
+    def create_stacked_into(self, kind: str, ifname: str, parent: int, netns_path: str, *,
+                            mac: str | None = None, mtu: int | None = None, **data) -> None:
+        """A macvlan/ipvlan on `parent` (an index in this namespace), born inside
+        `netns_path` with its final name and MAC (IFLA_NET_NS_FD, as veth peers are).
+
+        `data`: the kind's own attributes (macvlan_mode=..., ipvlan_mode=...). The kernel
+        does not apply IFLA_IFALIAS on creation: set it from a handle inside `netns_path`.
+        """
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            kwargs: dict = {"link": parent, "net_ns_fd": fd, **data}
+            if mac:
+                kwargs["address"] = mac
+            if mtu:
+                kwargs["mtu"] = mtu
+            self._call(f"create {kind} {ifname}", self._ipr.link, "add", ifname=ifname,
+                       kind=kind, **kwargs)
+        finally:
+            os.close(fd)
+
+    def create_macvlan_into(self, ifname: str, parent: int, netns_path: str, *, mode: str,
+                            mac: str | None = None, mtu: int | None = None) -> None:
+        """macvlan `mode`: bridge, private, vepa or passthru."""
+        self.create_stacked_into("macvlan", ifname, parent, netns_path, mac=mac, mtu=mtu,
+                                 macvlan_mode=mode)
+
+    def create_ipvlan_into(self, ifname: str, parent: int, netns_path: str, *, mode: str,
+                           mtu: int | None = None) -> None:
+        """ipvlan `mode`: l2, l3 or l3s. Every ipvlan shares its parent's MAC."""
+        self.create_stacked_into("ipvlan", ifname, parent, netns_path, mtu=mtu,
+                                 ipvlan_mode=IPVLAN_MODES[mode])
+
+    def _configure_new(self, ifname: str, alias: str) -> int:
+        idx = self.index(ifname)
+        assert idx is not None
+        try:
+            self._call(f"configure {ifname}", self._ipr.link, "set", index=idx,
+                       ifalias=alias, state="up")
+        except BaseException:
+            self.delete_link(ifname)
+            raise
+        return idx
+
+    def create_vlan(self, ifname: str, parent: int, vlan_id: int, alias: str) -> int:
+        """An 802.1q sub-interface `ifname` of `parent` tagged `vlan_id`, up, alias-marked."""
+        self._call(f"create 802.1q VLAN {ifname}", self._ipr.link, "add", ifname=ifname,
+                   kind="vlan", link=parent, vlan_id=vlan_id)
+        return self._configure_new(ifname, alias)
+
+    def create_macvlan(self, ifname: str, parent: int, *, mode: str, alias: str,
+                       mac: str | None = None) -> int:
+        """A macvlan on `parent` in this namespace itself, up, alias-marked."""
+        kwargs: dict = {"address": mac} if mac else {}
+        self._call(f"create macvlan {ifname}", self._ipr.link, "add", ifname=ifname,
+                   kind="macvlan", link=parent, macvlan_mode=mode, **kwargs)
+        return self._configure_new(ifname, alias)
+
+    @staticmethod
+    def _host_prefix(dst: str) -> tuple[str, int]:
+        addr, _, plen = dst.partition("/")
+        family = _family(addr)
+        return f"{addr}/{plen or (128 if family == socket.AF_INET6 else 32)}", family
+
+    def add_device_route(self, dst: str, index: int) -> None:
+        """`ip route replace DST dev IFINDEX` (DST without a length: a host route)."""
+        prefix, family = self._host_prefix(dst)
+        self._call(f"route {prefix}", self._ipr.route, "replace", dst=prefix, oif=index,
+                   family=family)
+
+    def delete_device_route(self, dst: str, index: int) -> bool:
+        """Delete `DST dev IFINDEX`; False when there was none."""
+        prefix, family = self._host_prefix(dst)
+        try:
+            self._ipr.route("del", dst=prefix, oif=index, family=family)
+            return True
+        except NetlinkError as exc:
+            if exc.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                return False
+            raise KernelError(f"delete route {prefix}", exc) from None
+
+    def add_device_default_route(self, index: int, v6: bool = False) -> None:
+        """`ip route replace default dev IFINDEX` (ipvlan l3: no gateway, no ARP)."""
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        self._call("route default", self._ipr.route, "replace",
+                   dst="::/0" if v6 else "0.0.0.0/0", oif=index, family=family)
+
+    def has_default_route(self, v6: bool = False) -> bool:
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        return any(msg["dst_len"] == 0 for msg in self._call(
+            "list routes", self._ipr.get_routes, family=family, table=254))
 
 
 def links_with_alias_prefix(nl: Netlink, prefix: str) -> Iterable[LinkInfo]:
