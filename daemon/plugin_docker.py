@@ -44,6 +44,7 @@ import socket
 import socketserver
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -197,8 +198,11 @@ class DockerPlugin:
         if not isinstance(body, dict):
             return 200, {err_field: "the request body must be a JSON object"}
         log.debug("docker plugin: %s %s", path, json.dumps(body)[:2000])
+        t0 = time.perf_counter()
         try:
-            return 200, self.app.worker.run(fn, target, body)
+            answer = self.app.worker.run(fn, target, body)
+            log.debug("docker plugin: %s done in %.2f ms", path, (time.perf_counter() - t0) * 1e3)
+            return 200, answer
         except (CnetError, KernelError, FirewallError) as exc:
             log.info("docker plugin: %s: %s", path, exc)
             return 200, {err_field: str(exc)}
