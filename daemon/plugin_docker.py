@@ -42,6 +42,7 @@ import os
 import shutil
 import socket
 import socketserver
+import stat
 import subprocess
 import threading
 import time
@@ -495,10 +496,8 @@ def _served(path: str) -> bool:
         try:
             s.connect(path)
             return True
-        except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                return False
-            raise
+        except OSError as exc:  # only a refused connection proves nobody listens
+            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
 
 
 class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -510,6 +509,8 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.plugin: DockerPlugin | None = None
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise PluginUnavailable(f"{path} exists and is not a socket")
             if _served(path):
                 raise PluginUnavailable(f"{path} is served by another process")
             os.unlink(path)  # stale: its process is gone

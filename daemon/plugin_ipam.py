@@ -167,8 +167,14 @@ class IpamPlugin:
             if sub_pool:
                 config["IPRange"] = sub_pool
             planned = self.ctl.ipam.plan([config], v6)
+        elif space == GLOBAL_SPACE:
+            planned = self.ctl.ipam.plan([], v6, GLOBAL_POOLS)
         else:
-            planned = self.ctl.ipam.plan([], v6, GLOBAL_POOLS if space == GLOBAL_SPACE else None)
+            # cnet's default pools are Docker's. dockerd's own IPAM does not know cnet's
+            # networks and hands out its pools from the first one up (172.17, 172.18...
+            # e.g. for docker_gwbridge): take automatic pools from the last one down.
+            pools = [(str(base), size) for base, size in reversed(self.ctl.ipam.pools)]
+            planned = self.ctl.ipam.plan([], v6, pools)
         pool_cfg = next(p for p in planned if p.v6 == v6)
         if pool_cfg.subnet in self.pools:
             raise Conflict(f"Pool overlaps with other one on this address space: "

@@ -98,8 +98,12 @@ class DockerEnv:
         self.procs: dict[str, subprocess.Popen] = {}
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self, cnetd_args: tuple[str, ...] = ("--bridge", "none")) -> DockerEnv:
+    def start(self, cnetd_args: tuple[str, ...] = ("--bridge", "none"),
+              before_cnetd=None) -> DockerEnv:
+        """`before_cnetd(ns)`: runs once the namespace exists (e.g. starts etcd there)."""
         self.ns = harness.Netns()
+        if before_cnetd is not None:
+            before_cnetd(self.ns)
         self.cnetd = harness.Daemon(self.ns, args=[
             "--docker-plugin-socket", str(self.plugin_sock), *cnetd_args])
         harness.register_daemon(self.request, self.cnetd)
@@ -264,19 +268,26 @@ def _mounts_under(root: Path) -> list[str]:
     return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
 
 
-@pytest.fixture
-def env(request, busybox_tar):
-    e = DockerEnv(request, busybox_tar)
+def _start(e: DockerEnv, **kw) -> DockerEnv:
     try:
-        e.start()
+        return e.start(**kw)
     except BaseException:
         logs = e.logs()
         e.stop()
         raise RuntimeError(f"could not start dockerd with cnet\n{logs}") from None
-    yield e
+
+
+def _stop(e: DockerEnv) -> None:
     errors = e.stop()
     if errors:
         pytest.fail("docker environment teardown:\n" + "\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def env(request, busybox_tar):
+    e = _start(DockerEnv(request, busybox_tar))
+    yield e
+    _stop(e)
 
 
 def _wait_ping(env: DockerEnv, src: str, dst: str) -> bool:
@@ -625,3 +636,51 @@ def test_plugin_socket_ownership(env, request):
         assert not stale.exists()
     finally:
         ns.delete()
+
+
+def test_overlay_network_with_cnetd_cluster_store(request, busybox_tar):
+    """-o cnet.driver=overlay with cnetd in a cluster: a global (VXLAN) network in cnet;
+    dockerd sees a local network of its plugin. The containers reach each other over the
+    overlay and get egress from dockerd's docker_gwbridge (the overlay gives no gateway)."""
+    import etcdharness
+
+    reason = etcdharness.requirements_missing()
+    if reason:
+        pytest.skip(reason)
+    members: list = []
+
+    def etcd(ns: harness.Netns) -> None:
+        harness.sh("ip", "-n", ns.name, "addr", "add", "10.99.0.1/32", "dev", "lo")
+        m = etcdharness.EtcdMember("d0", ns, "10.99.0.1", 2379, 2380)
+        members.append(m)
+        m.start(wait=True)
+
+    e = DockerEnv(request, busybox_tar)
+    try:
+        _start(e, before_cnetd=etcd, cnetd_args=(
+            "--bridge", "none", "--cluster-store", "etcd://10.99.0.1:2379",
+            "--advertise-addr", "10.99.0.1"))
+        e.docker("network", "create", "-d", e.plugin, "--ipam-driver", e.plugin, "-o",
+                 "cnet.driver=overlay", "ov")
+        dnet = e.inspect("network", "inspect", "ov")
+        assert dnet["Scope"] == "local"
+        cnet_net = e.cnet("network", "inspect", dnet["Id"])[0]
+        assert (cnet_net["Driver"], cnet_net["Scope"]) == ("overlay", "global")
+        e.docker("run", "-d", "--name", "o1", "--network", "ov", "busybox", "sleep", "600")
+        e.docker("run", "-d", "--name", "o2", "--network", "ov", "busybox", "sleep", "600")
+        assert _wait_ping(e, "o1", e.container_ip("o2"))
+        assert _wait_ping(e, "o2", "o1")
+        e.docker("rm", "-f", "o1", "o2")
+        e.docker("network", "rm", "ov")
+        assert e.store_keys("docker/") == []
+        client = members[0].client()
+        with etcdharness.in_netns(e.ns):
+            kvs, _ = client.range("/cnet/")
+        left = [kv.key for kv in kvs if dnet["Id"] in str(kv.key)]
+        assert left == []
+    finally:
+        try:
+            _stop(e)
+        finally:
+            for m in members:
+                m.close()
