@@ -684,3 +684,26 @@ def test_overlay_network_with_cnetd_cluster_store(request, busybox_tar):
         finally:
             for m in members:
                 m.close()
+
+
+def test_ipv6_network(env):
+    before = env.kernel_state()
+    env.docker("network", "create", "-d", env.plugin, "--ipam-driver", env.plugin, "--ipv6",
+               "v6")
+    dnet = env.inspect("network", "inspect", "v6")
+    subnets = [c["Subnet"] for c in dnet["IPAM"]["Config"]]
+    assert any(":" in s for s in subnets) and any(":" not in s for s in subnets)
+    cnet_net = env.cnet("network", "inspect", dnet["Id"])[0]
+    assert cnet_net["EnableIPv6"] is True
+    assert sorted(c["Subnet"] for c in cnet_net["IPAM"]["Config"]) == sorted(subnets)
+    env.docker("run", "-d", "--name", "s1", "--network", "v6", "busybox", "sleep", "600")
+    env.docker("run", "-d", "--name", "s2", "--network", "v6", "busybox", "sleep", "600")
+    v6 = env.inspect("container", "inspect", "s2")["NetworkSettings"]["Networks"]["v6"][
+        "GlobalIPv6Address"]
+    assert v6
+    assert _wait_ping(env, "s1", v6)
+    assert "default via" in env.docker("exec", "s1", "ip", "-6", "route").stdout
+    env.docker("rm", "-f", "s1", "s2")
+    env.docker("network", "rm", "v6")
+    assert env.store_keys("docker/") == []
+    assert env.kernel_state() == before
