@@ -25,6 +25,7 @@ p.add_argument("-H", dest="host")
 p.add_argument("--data-root")
 p.add_argument("--exec-root")
 p.add_argument("--log-level", default="info")
+p.add_argument("--docker-plugin-socket")
 p.add_argument("--cleanup", action="store_true")
 a = p.parse_args()
 {extra}
