@@ -25,7 +25,13 @@ from cnet.cnm.reconcile import cleanup, load, reconcile
 from cnet.cnm.store import SQLiteStore, Store
 from cnet.daemon.app import App
 from cnet.daemon.dnswire import DNSWiring, host_upstreams
-from cnet.daemon.plugin_docker import DEFAULT_SOCKET, DockerPlugin, PluginServer, PluginUnavailable
+from cnet.daemon.plugin_docker import (
+    DEFAULT_SOCKET,
+    DockerPlugin,
+    DockerUserRules,
+    PluginServer,
+    PluginUnavailable,
+)
 from cnet.daemon.server import UnixHTTPServer
 from cnet.daemon.worker import KernelWorker
 from cnet.dns.names import NameTable
@@ -264,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cleanup:
             errors = runtime_cleanup(args.exec_root, cgroup_parent(ctl.daemon_id))
             errors += worker.run(cleanup, ctl)
+            errors += DockerUserRules(ctl.daemon_id).prune()
             for e in errors:
                 print(f"cnetd: cleanup: {e}", file=sys.stderr)
             return 1 if errors else 0

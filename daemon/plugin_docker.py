@@ -39,6 +39,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import socketserver
@@ -135,6 +136,28 @@ class DockerUserRules:
                     raise CnetError(f"{os.path.basename(binary)} {self.CHAIN} {way} {bridge}: "
                                     f"{proc.stderr.strip()}")
 
+    def prune(self, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Delete this daemon's rules except those of the bridges in `keep` (daemon
+        start; `cnetd --cleanup` keeps none). Returns errors."""
+        errors: list[str] = []
+        for binary in self.binaries:
+            listing = self._run(binary, "-w", "10", "-S", self.CHAIN)
+            if listing.returncode != 0:
+                continue
+            for line in listing.stdout.splitlines():
+                parts = shlex.split(line)
+                if parts[:2] != ["-A", self.CHAIN] or self.comment not in parts:
+                    continue
+                iface = next((parts[i + 1] for i, p in enumerate(parts[:-1])
+                              if p in ("-i", "-o")), None)
+                if iface in keep:
+                    continue
+                proc = self._run(binary, "-w", "10", "-D", *parts[1:])
+                if proc.returncode != 0:
+                    errors.append(f"{os.path.basename(binary)} -D {' '.join(parts[1:])}: "
+                                  f"{proc.stderr.strip()}")
+        return errors
+
 
 class DockerPlugin:
     """The NetworkDriver methods (and the dispatch for both APIs)."""
@@ -157,13 +180,17 @@ class DockerPlugin:
     def load(self) -> None:
         """Rebuild the IPAM's pools and the published ports after a daemon start."""
         self.ipam.load()
+        bridges = set()
         for net in self.ctl.networks.values():
             bridge = self._bridge(net)
             if bridge and net.labels.get(LABEL) == "docker":
+                bridges.add(bridge)
                 try:
                     self.docker_user.apply(bridge)
                 except CnetError as exc:
                     log.warning("docker plugin: %s", exc)
+        for err in self.docker_user.prune(keep=bridges):
+            log.warning("docker plugin: %s", err)
         stale = []
         for key, rec in self.ctl.store.list("docker/ports/").items():
             ep = self.ctl.endpoints.get(key.rsplit("/", 1)[1])

@@ -593,8 +593,14 @@ def test_cnetd_restart_keeps_docker_containers_connected(env):
     env.docker("run", "-d", "--name", "k2", "--network", "keep", "busybox", "sleep", "600")
     ip1 = env.container_ip("k1")
     assert _wait_ping(env, "k2", ip1)
+    rules = env.in_ns("iptables", "-w", "-S", "DOCKER-USER").stdout
+    # a rule of this daemon for a bridge that no longer exists goes at the restart
+    env.in_ns("iptables", "-w", "-I", "DOCKER-USER", "-i", "cnt-gone", "-m", "comment",
+              "--comment", f"cnet:{env.cnetd.daemon_id}", "-j", "ACCEPT")
     env.cnetd.restart()
     assert _wait_ping(env, "k2", ip1)
+    assert env.in_ns("iptables", "-w", "-S", "DOCKER-USER").stdout == rules
+    assert rules.count("-j ACCEPT") == 2
     ruleset = env.in_ns("nft", "list", "table", "inet", "cnet").stdout
     assert "tcp . 8081" in ruleset, "published port restored"
     with harness.wire_outside(env.ns) as outside:
