@@ -158,6 +158,8 @@ class ParentLinkDriver(Driver):
         else:
             network.driver_state.pop("vlan_create", None)
             self._check_parent_link(state)
+            if opts.parent in self._our_vlans():  # made for another network: shared, the
+                network.driver_state["vlan_created"] = True  # last one removes it
         self._check_sharing(network, opts)
 
     def create_network(self, network: Network) -> None:
