@@ -366,3 +366,26 @@ def test_host_interface_option(lan):
     d.cli("sandbox", "rm", "-f", "h1")
     d.cli("network", "rm", "mvh")
     assert d.run_in_host("ip", "link", "show", "mvh0", check=False).returncode != 0
+
+
+def test_busybox_containers_on_the_lan(lan, busybox_tar):
+    """Containers (not bare sandboxes): a web server reached from the LAN, a client
+    fetching from the external host, each on its macvlan."""
+    lan, d = lan
+    d.cli("image", "import", str(busybox_tar), "busybox")
+    _macvlan(d, "mv", "--ip-range", "10.88.1.96/28")
+    d.cli("run", "-d", "--name", "web", "--network", "mv", "--ip", "10.88.1.100", "busybox",
+          "httpd", "-f", "-p", "80", "-h", "/etc")
+    view = d.cli_json("inspect", "web")[0]["NetworkSettings"]["Networks"]["mv"]
+    assert view["IPAddress"] == "10.88.1.100" and view["Gateway"] == GATEWAY
+    assert view["MacAddress"] == "02:42:0a:58:01:64"
+    harness.wait_for(lambda: harness.tcp_connect(lan.ext, "10.88.1.100", 80), timeout=10,
+                     what="web on the LAN")
+    reply = harness.tcp_request(lan.ext, "10.88.1.100", 80, b"GET /hostname HTTP/1.0\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.") and b"200" in reply.split(b"\r\n")[0]
+    assert _neigh_mac(lan.ext, "10.88.1.100") == "02:42:0a:58:01:64"
+    with harness.TcpServer(lan.ext, 8080, b"from-ext\n", host="0.0.0.0"):
+        out = d.cli("run", "--rm", "--network", "mv", "busybox", "nc", EXT_IP, "8080").stdout
+    assert out == "from-ext\n"
+    d.cli("rm", "-f", "web")
+    d.cli("network", "rm", "mv")
