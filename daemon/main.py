@@ -28,7 +28,6 @@ from cnet.daemon.dnswire import DNSWiring, host_upstreams
 from cnet.daemon.plugin_docker import (
     DEFAULT_SOCKET,
     DockerPlugin,
-    DockerUserRules,
     PluginServer,
     PluginUnavailable,
 )
@@ -43,6 +42,7 @@ from cnet.drivers.ipvlan.driver import IpvlanDriver
 from cnet.drivers.macvlan.driver import MacvlanDriver
 from cnet.drivers.null.driver import NullDriver
 from cnet.drivers.overlay.driver import OverlayDriver
+from cnet.ingress.docker_user import DockerUserRules
 from cnet.ingress.firewall import Firewall
 from cnet.runtime.cleanup import runtime_cleanup
 from cnet.runtime.containers import ContainerManager, cgroup_parent, cgroup_version
