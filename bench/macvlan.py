@@ -18,7 +18,7 @@ Everything made here is removed at the end, even on failure or Ctrl-C: iperf3 se
 cnetd (SIGTERM, then `cnetd --cleanup`), the namespaces; then a leak check. Nothing
 touches the root namespace's interfaces or firewall.
 
-    python bench/macvlan.py [--rounds 5] [--seconds 4]
+    python bench/macvlan.py [--rounds 5] [--seconds 4] [--pin]
 """
 
 from __future__ import annotations
@@ -55,9 +55,11 @@ HOST = "cnet host -> external host, parent"
 MACVLAN_R = "external host -> sandbox (-R), macvlan"
 HOST_R = "external host -> cnet host (-R), parent"
 TARGET = 0.95  # macvlan / host, at least
-# iperf3 client on CPU 0, server on CPU 1 (`-A`): unpinned, the two share or split the
-# CPUs from run to run and the figures of either path jump between two levels.
+# --pin: iperf3 client on CPU 0, server on CPU 1 (`-A`). On a quiet machine pinned and
+# unpinned runs agree; under other load, unpinned figures of either path may jump between
+# two levels from run to run (the interleaved rounds and the paired ratio absorb most of it).
 AFFINITY = ["-A", "0,1"] if (os.cpu_count() or 1) >= 2 else []
+PIN = False
 
 
 def iperf(client_ns: str, server_ip: str, seconds: int, reverse: bool = False) -> dict:
@@ -65,7 +67,7 @@ def iperf(client_ns: str, server_ip: str, seconds: int, reverse: bool = False) -
     extra = ["-R"] if reverse else []
     for attempt in range(20):
         proc = in_ns(client_ns, IPERF3, "-c", server_ip, "-t", str(seconds), "-O", "1", "-J",
-                     *AFFINITY, *extra, check=False, timeout=seconds + 30)
+                     *(AFFINITY if PIN else []), *extra, check=False, timeout=seconds + 30)
         try:
             doc = json.loads(proc.stdout)
         except ValueError:
@@ -111,7 +113,8 @@ def leaks(names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    header(f"macvlan: iperf3 {args.rounds} x {args.seconds} s per path, one TCP stream")
+    header(f"macvlan: iperf3 {args.rounds} x {args.seconds} s per path, one TCP stream"
+           + (", client on CPU 0, server on CPU 1" if PIN and AFFINITY else ""))
     if not shutil.which(IPERF3):
         raise SystemExit("macvlan bench needs iperf3 (apt-get install iperf3)")
     summary = Summary("macvlan")
@@ -188,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     summary.figure("reverse: macvlan / host", ratio(med[MACVLAN_R], med[HOST_R]), "x")
     summary.print()
     print(f"\nrun time {time.monotonic() - t_start:.0f} s; cleanup: nothing left")
-    summary.save({"rounds": args.rounds, "seconds": args.seconds, "throughput": results})
+    summary.save({"rounds": args.rounds, "seconds": args.seconds, "pinned": PIN,
+                  "throughput": results})
     return 0
 
 
@@ -196,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5, help="iperf3 rounds per path")
     p.add_argument("--seconds", type=int, default=4, help="seconds per iperf3 run")
+    p.add_argument("--pin", action="store_true",
+                   help="iperf3 client on CPU 0, server on CPU 1")
     args = p.parse_args(argv)
+    global PIN
+    PIN = args.pin
     if min(args.rounds, args.seconds) < 1:
         p.error("rounds and seconds must be >= 1")
     return main_wrapper(lambda: run(args))
