@@ -37,6 +37,11 @@ GATEWAY_OPTIONS = {
 }
 
 
+def external_ifname(ep: Endpoint) -> str:
+    """The temporary name of an endpoint's interface joined for dockerd (Join's SrcName)."""
+    return "cnc" + ep.id[:7]
+
+
 def check_mac(mac: str) -> str:
     """A unicast MAC in xx:xx:xx:xx:xx:xx form (lower case), or InvalidParameter."""
     parts = mac.lower().split(":")
@@ -266,6 +271,11 @@ class Controller:
         ep = self.endpoint(ref)
         if ep.sandbox_id:
             raise Conflict(f"endpoint {ids.short(ep.id)} is still joined to a sandbox")
+        if ep.driver_state.get("external_sandbox"):
+            self.leave_external(ep.id)
+        # dockerd moves an externally joined link back under its temporary name after
+        # Leave (a macvlan survives that): it goes with the endpoint.
+        self.kernel.host.delete_link(external_ifname(ep))
         self._forget_endpoint(ep, Txn())
 
     def _forget_endpoint(self, ep: Endpoint, txn: Txn) -> None:
@@ -345,7 +355,9 @@ class Controller:
         for ifname, gw, v6 in ((want[0], want[1], False), (want[2], want[3], True)):
             if gw and ifname:
                 nl.add_default_route(gw, nl.index(ifname))
-            else:
+            elif not sb.external:
+                # (in a runtime's namespace a default route may be another plugin's; ours
+                # went with our interface)
                 nl.delete_default_route(v6)
         self._routes[sb.id] = want
 
@@ -476,7 +488,7 @@ class Controller:
             raise Conflict(f"endpoint {ids.short(ep.id)} is already joined to a sandbox")
         net = self.networks[ep.network_id]
         driver = self.driver(net)
-        ifname = "cnc" + ep.id[:7]
+        ifname = external_ifname(ep)
         with Undo() as undo:
             info = driver.join(net, ep, self.kernel.host_netns_path, ifname)
             undo.push(driver.leave, net, ep)
@@ -496,10 +508,12 @@ class Controller:
         net = self.networks[ep.network_id]
         if self.glob and net.scope == "global":
             self.glob.unpublish(ep)
-        self.driver(net).leave(net, ep)
-        del ep.driver_state["external_sandbox"]
-        ep.gateway4 = ep.gateway6 = None
-        self.store.put(f"endpoint/{ep.id}", ep.to_record())
+        try:
+            self.driver(net).leave(net, ep)
+        finally:  # dockerd goes on whatever we answer: never keep a half-left endpoint
+            del ep.driver_state["external_sandbox"]
+            ep.gateway4 = ep.gateway6 = None
+            self.store.put(f"endpoint/{ep.id}", ep.to_record())
         return ep
 
     # -- sandboxes ------------------------------------------------------------------------------
@@ -511,8 +525,9 @@ class Controller:
         if any(s.name == name for s in self.sandboxes.values()):
             raise Conflict(f'sandbox name "{name}" is already in use')
         if key is not None:
-            if not self.kernel.is_namespace_file(key):
-                raise InvalidParameter(f"{key} is not a network namespace")
+            problem = self.kernel.runtime_netns_problem(key)
+            if problem:
+                raise InvalidParameter(f"sandbox key {key!r}: {problem}")
             if any(s.key == key for s in self.sandboxes.values()):
                 raise Conflict(f"namespace {key} is already a sandbox")
         sid = sandbox_id or ids.new_id()

@@ -105,7 +105,9 @@ class Driver(ABC):
         """After a daemon restart: make the kernel match the store for this network.
 
         `joined` lists the network's endpoints that sit in a sandbox, with the
-        sandbox's namespace path. Recreate what is missing, keep what exists, and
+        sandbox's namespace path (None for an endpoint joined for dockerd through
+        `join_external`: keep its interface, never recreate it). Recreate what is
+        missing, keep what exists, and
         return the ids of endpoints whose interface was recreated (the sandbox
         then configures their addresses again).
         """

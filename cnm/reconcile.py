@@ -26,13 +26,19 @@ def load(ctl: Controller, global_networks: Iterable[Network] = ()) -> None:
                 *(Network.from_record(r) for r in ctl.store.list("network/").values())]:
         ctl.networks[net.id] = net
         ctl.ipam.register(net.id, net.pools)
-    for rec in ctl.store.list("sandbox/").values():
-        sb = Sandbox.from_record(rec)
-        ctl.sandboxes[sb.id] = sb
     stale = Txn()
+    gone: set[str] = set()  # runtimes' namespaces that vanished while cnetd was down
+    for key, rec in ctl.store.list("sandbox/").items():
+        sb = Sandbox.from_record(rec)
+        if sb.external and not namespaces.is_nsfs(sb.key):
+            log.info("sandbox %s: its namespace %s is gone: forgetting it", sb.name, sb.key)
+            gone.add(sb.id)
+            stale.deletes.append(key)
+            continue
+        ctl.sandboxes[sb.id] = sb
     for key, rec in ctl.store.list("endpoint/").items():
         ep = Endpoint.from_record(rec)
-        if ep.network_id not in ctl.networks:
+        if ep.network_id not in ctl.networks or ep.sandbox_id in gone:
             stale.deletes.append(key)
             continue
         ctl.endpoints[ep.id] = ep
@@ -68,7 +74,10 @@ def reconcile(ctl: Controller) -> None:
     owned: set[str] = set()
     for net in ctl.networks.values():
         eps = ctl.network_endpoints(net.id)
-        joined = [(e, ctl.sandboxes[e.sandbox_id].key) for e in eps if e.sandbox_id]
+        joined: list[tuple[Endpoint, str | None]] = [
+            (e, ctl.sandboxes[e.sandbox_id].key) for e in eps if e.sandbox_id]
+        joined += [(e, None) for e in eps
+                   if not e.sandbox_id and e.driver_state.get("external_sandbox")]
         try:
             for ep_id in ctl.driver(net).restore(net, joined):
                 ep = ctl.endpoints[ep_id]

@@ -72,6 +72,9 @@ class Kernel:
     def is_namespace_file(self, key: str) -> bool:
         return namespaces.is_nsfs(key)
 
+    def runtime_netns_problem(self, key: object) -> str | None:
+        return namespaces.runtime_netns_problem(key)
+
     def forget_netns(self, key: str) -> None:
         """Close our handle of a namespace we do not own (it stays)."""
         nl = self._sandboxes.pop(key, None)

@@ -9,6 +9,7 @@ that the namespace would outlive its sandbox.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 
@@ -32,6 +33,41 @@ def prepare_dir(directory: str) -> None:
 def is_netns(path: str) -> bool:
     """True when `path` is a mounted network namespace file."""
     return os.path.exists(path) and _is_mount_point(os.path.realpath(path))
+
+
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type
+CLONE_NEWNET = 0x40000000
+
+
+def runtime_netns_problem(path: object) -> str | None:
+    """Why `path` cannot be a runtime's network namespace handed to cnet (CNI_NETNS, a
+    sandbox Key), or None: an absolute path to a network-namespace file that is not the
+    host's own (cnet would otherwise put interfaces and routes into the host)."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return "not an absolute path"
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    own = os.stat("/proc/self/ns/net")
+    if st.st_dev != own.st_dev:
+        return "not a namespace file"
+    for other in ("/proc/self/ns/net", "/proc/1/ns/net"):
+        try:
+            o = os.stat(other)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (o.st_dev, o.st_ino):
+            return "the host's own network namespace"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if kind == CLONE_NEWNET else "not a network namespace"
 
 
 def is_nsfs(path: str) -> bool:

@@ -163,6 +163,8 @@ class BridgeDriver(Driver):
         for endpoint, key in joined:
             veth = endpoint.driver_state["veth"]
             if veth not in masters:
+                if key is None:
+                    continue  # joined for dockerd, which configured it: never remade here
                 self.kernel.sandbox(key).delete_link(endpoint.ifname or "")
                 self._create_veth(network, endpoint, key, endpoint.ifname or "eth0", opts)
                 recreated.append(endpoint.id)

@@ -266,7 +266,11 @@ class ParentLinkDriver(Driver):
                            "has an endpoint: passthru allows one")
         parent = self._parent(network, opts)
         self.create_link(network, endpoint, opts, parent, sandbox_key, ifname)
-        endpoint.driver_state.update(sandbox_key=sandbox_key, ifname=ifname)
+        if sandbox_key == self.kernel.host_netns_path:
+            # dockerd's join: it moves and configures the link itself; never remade here
+            endpoint.driver_state.update(sandbox_key=None, ifname=None)
+        else:
+            endpoint.driver_state.update(sandbox_key=sandbox_key, ifname=ifname)
         try:
             info = self.join_info(network, endpoint, opts, sandbox_key, ifname)
             self.endpoint_joined(network, endpoint, opts)
@@ -338,6 +342,8 @@ class ParentLinkDriver(Driver):
         self._users()[network.id] = network
         self._joined[network.id] = {e.id: e for e, _ in joined}
         for endpoint, key in joined:
+            if key is None:  # joined for dockerd: its link is dockerd's business
+                continue
             endpoint.driver_state.setdefault("sandbox_key", key)
             if endpoint.ifname:
                 endpoint.driver_state.setdefault("ifname", endpoint.ifname)

@@ -368,6 +368,8 @@ class OverlayDriver(Driver):
         for endpoint, key in joined:
             link = links.get(_veth(endpoint))
             if link is None:
+                if key is None:
+                    continue  # joined for dockerd, which configured it: never remade here
                 ifname = endpoint.ifname or "eth0"
                 self.kernel.sandbox(key).delete_link(ifname)
                 self._create_veth(sb, endpoint, key, ifname)
