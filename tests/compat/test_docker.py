@@ -713,3 +713,26 @@ def test_ipv6_network(env):
     env.docker("network", "rm", "v6")
     assert env.store_keys("docker/") == []
     assert env.kernel_state() == before
+
+
+def test_macvlan_through_docker_leaves_no_link_behind(env):
+    """dockerd hands a left macvlan back under its temporary name (after Leave): it must
+    go with the endpoint, not pile up on the parent."""
+    lan = harness.Netns()
+    try:
+        env.in_ns("ip", "link", "add", "mvp0", "type", "veth", "peer", "name", "lan0",
+                  "netns", lan.name)
+        env.in_ns("ip", "link", "set", "mvp0", "up")
+        lan.ip("link", "set", "lan0", "up")
+        before = env.kernel_state()
+        env.docker("network", "create", "-d", env.plugin, "--ipam-driver", env.plugin,
+                   "--subnet", "10.88.0.0/24", "--gateway", "10.88.0.1",
+                   "-o", "cnet.driver=macvlan", "-o", "parent=mvp0", "mv")
+        env.docker("run", "-d", "--name", "m1", "--network", "mv", "busybox", "sleep", "600")
+        env.docker("run", "-d", "--name", "m2", "--network", "mv", "busybox", "sleep", "600")
+        assert _wait_ping(env, "m1", env.container_ip("m2"))  # bridge mode: siblings talk
+        env.docker("rm", "-f", "m1", "m2")
+        env.docker("network", "rm", "mv")
+        assert env.kernel_state() == before
+    finally:
+        lan.delete()

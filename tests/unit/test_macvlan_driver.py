@@ -89,6 +89,8 @@ class FakeNetlink:
 
 
 class FakeKernel:
+    host_netns_path = "/proc/4242/ns/net"  # the daemon's own (external joins go there)
+
     def __init__(self, features=("macvlan",)):
         self.features = set(features)
         self.host = FakeNetlink(self, HOST)
