@@ -20,7 +20,10 @@ cnet's embedded DNS at 127.0.0.11 inside the namespace, hence the result's `dns`
 DEL disconnects (and removes the sandbox when it was the last network); it succeeds
 when anything is already gone. CHECK compares prevResult with cnetd and with the
 interface in the namespace. STATUS asks cnetd. GC disconnects every cnet-cni attachment
-on the network that `cni.dev/valid-attachments` does not list.
+made under this CNI network name that `cni.dev/valid-attachments` does not list (each
+attachment's CNI name is the sandbox label `cnet.cni.network.<cnet network>`: two CNI
+configs may share one cnet network), and removes the empty `cni-*` sandboxes that an
+interrupted ADD under this name left behind.
 
 Errors are CNI error objects on stdout with a non-zero exit: 1 incompatible version,
 4 bad environment, 6 undecodable config, 7 invalid config, 11 cnetd unreachable (try
@@ -51,6 +54,7 @@ TIMEOUT = 60.0
 
 LABEL_CONTAINER = "cnet.cni.container-id"
 LABEL_NETWORK = "cnet.cni.network"  # the CNI network of the first attachment
+LABEL_ATTACHMENT = LABEL_NETWORK + "."  # + cnet network: the CNI network attached under
 LABEL_IFNAME = "cnet.cni.ifname"
 
 # well-known error codes (SPEC.md, "Error")
@@ -302,6 +306,19 @@ def _get_or_none(client: Client, path: str) -> Any:
         raise
 
 
+def attachment_label(network: str) -> str:
+    """The sandbox label whose value is the CNI network name of the attachment to the
+    cnet network `network`."""
+    return LABEL_ATTACHMENT + network
+
+
+def attachment_owner(sb: dict, network: str) -> str | None:
+    """The CNI network name the sandbox was attached to `network` under (sandboxes from
+    before the per-network label: the name of their first attachment)."""
+    labels = sb.get("Labels") or {}
+    return labels.get(attachment_label(network)) or labels.get(LABEL_NETWORK)
+
+
 def _sandbox(client: Client, container_id: str) -> dict | None:
     """The cnet-cni sandbox of this container, or None."""
     from cnet.cli.client import url_path
@@ -438,11 +455,12 @@ def cmd_add(conf: dict[str, Any]) -> dict[str, Any]:
                     raise
             net = client.get(url_path("networks", conf["network"]))
         name = sandbox_name(cid)
+        label = attachment_label(net["Name"])
         try:
             client.post("/sandboxes/create", {
                 "Name": name, "Key": netns,
                 "Labels": {LABEL_CONTAINER: cid, LABEL_NETWORK: conf["name"],
-                           LABEL_IFNAME: ifname}})
+                           LABEL_IFNAME: ifname, label: conf["name"]}})
             undo.append(("DELETE", url_path("sandboxes", name), None))
         except Exception as exc:
             if _status(exc) != 409:
@@ -452,6 +470,13 @@ def cmd_add(conf: dict[str, Any]) -> dict[str, Any]:
                 where = f" in {sb['Key']}" if sb else ""
                 raise CNIError(E_OTHER, f"cannot make sandbox {name} for container {cid}"
                                         f"{where}: {_api_error(exc).msg}") from None
+            old = (sb.get("Labels") or {}).get(label)
+            if net["Name"] not in (sb.get("Networks") or {}) and old != conf["name"]:
+                # recorded before the connect: an attachment never lacks its CNI name
+                client.post(url_path("sandboxes", name, "labels"),
+                            {"Labels": {label: conf["name"]}})
+                undo.append(("POST", url_path("sandboxes", name, "labels"),
+                             {"Labels": {label: old}}))
         ep = client.post(url_path("networks", net["Name"], "connect"),
                          {"Container": name, "EndpointConfig": ep_config})
         undo.append(("POST", url_path("networks", net["Name"], "disconnect"),
@@ -492,6 +517,9 @@ def remove_attachment(client: Client, sb: dict, network: str) -> None:
             if network in networks:
                 client.post(url_path("networks", network, "disconnect"),
                             {"Container": sb["Id"], "Force": True})
+            if attachment_label(network) in (sb.get("Labels") or {}):
+                client.post(url_path("sandboxes", sb["Id"], "labels"),
+                            {"Labels": {attachment_label(network): None}})
         else:  # its last network: the sandbox goes, and its endpoint with it
             client.delete(url_path("sandboxes", sb["Id"]), query={"force": "1"})
     except Exception as exc:
@@ -561,13 +589,23 @@ def cmd_gc(conf: dict[str, Any]) -> None:
         raise CNIError(E_CONFIG, "invalid network configuration",
                        '"cni.dev/valid-attachments" must be a list of objects')
     keep = {(v.get("containerID"), v.get("ifname")) for v in valid}
+    live = {v.get("containerID") for v in valid}
     client = _client(conf)
     errors = []
     for sb in client.get("/sandboxes"):
-        cid = (sb.get("Labels") or {}).get(LABEL_CONTAINER)
-        ep = (sb.get("Networks") or {}).get(conf["network"])
-        if not cid or ep is None or (cid, ep.get("InterfaceName")) in keep:
+        labels = sb.get("Labels") or {}
+        cid = labels.get(LABEL_CONTAINER)
+        if not cid or sb.get("Name") != sandbox_name(cid):
             continue
+        networks = sb.get("Networks") or {}
+        if not networks:  # an ADD interrupted between sandbox and connect
+            if labels.get(LABEL_NETWORK) != conf["name"] or cid in live:
+                continue
+        else:
+            ep = networks.get(conf["network"])
+            if ep is None or attachment_owner(sb, conf["network"]) != conf["name"] \
+                    or (cid, ep.get("InterfaceName")) in keep:
+                continue
         try:
             remove_attachment(client, sb, conf["network"])
         except Exception as exc:  # best effort: go on, report at the end

@@ -23,6 +23,7 @@ from cnet.cnm.osl import features
 from cnet.cnm.osl.kernel import Kernel
 from cnet.cnm.reconcile import cleanup, load, reconcile
 from cnet.cnm.store import SQLiteStore, Store
+from cnet.daemon.api_ports import restore_sandbox_ports
 from cnet.daemon.app import App
 from cnet.daemon.dnswire import DNSWiring, host_upstreams
 from cnet.daemon.plugin_docker import (
@@ -200,6 +201,7 @@ def start(app: App, args: argparse.Namespace) -> None:
     if app.cluster and snap:
         app.cluster.start(ctl, snap)
     app.containers.restore()
+    restore_sandbox_ports(app)  # cnet-cni's portMappings (bare sandboxes)
     feats = features.probe(ctl.kernel.netns_dir, ctl.firewall.available())
     app.info = {
         "DataRoot": args.data_root,

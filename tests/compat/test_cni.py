@@ -344,6 +344,57 @@ def test_gc_removes_stale_attachments_only(cnid, containers):
     d.cli("sandbox", "rm", "-f", "mine")
 
 
+def test_gc_is_scoped_by_the_cni_network_name(cnid, containers):
+    """Two CNI configs (names cnia, cnib) on one cnet network: a GC collects only the
+    attachments made under its own name, and the empty cni-* sandboxes an interrupted
+    ADD under its name left behind."""
+    d = cnid
+    conf_a = config(d, name="cnia", network="shared")
+    conf_b = config(d, name="cnib", network="shared")
+    conf_c = config(d, name="cnic", network="other", ipam={
+        "ranges": [[{"subnet": "10.79.0.0/24", "gateway": "10.79.0.1"}]]})
+    a1, b1, multi, killed_a, killed_b = (containers() for _ in range(5))
+    ok(cni(d, "ADD", conf_a, container="a1", netns=a1))
+    ok(cni(d, "ADD", conf_b, container="b1", netns=b1))
+    # one container on two cnet networks: first under cnic, then under cnib
+    ok(cni(d, "ADD", conf_c, container="multi", netns=multi))
+    ok(cni(d, "ADD", conf_b, container="multi", netns=multi, ifname="eth1"))
+    labels = d.api("GET", "/sandboxes/cni-multi").json()["Labels"]
+    assert labels["cnet.cni.network.other"] == "cnic"
+    assert labels["cnet.cni.network.shared"] == "cnib"
+    # ADDs killed between making the sandbox and connecting it
+    for cid, ns, name in (("killed-a", killed_a, "cnia"), ("killed-b", killed_b, "cnib")):
+        r = d.api("POST", "/sandboxes/create", {
+            "Name": f"cni-{cid}", "Key": ns.path,
+            "Labels": {"cnet.cni.container-id": cid, "cnet.cni.network": name}})
+        assert r.status == 201, r.json()
+
+    ok(cni(d, "GC", dict(conf_a, **{"cni.dev/valid-attachments": []})))
+    sandboxes, eps, _ = cnet_state(d)
+    assert sandboxes == ["cni-b1", "cni-killed-b", "cni-multi"]
+    assert netns_links(a1) == {"lo"}
+    assert netns_links(b1) == {"lo", "eth0"} and netns_links(multi) == {"lo", "eth0", "eth1"}
+    assert len(eps["shared"]) == 2 and all(
+        "shared" in d.api("GET", f"/sandboxes/{n}").json()["Networks"]
+        for n in ("cni-b1", "cni-multi"))
+
+    # cnib's GC keeps b1 (listed) and drops multi's cnib attachment, not its cnic one
+    ok(cni(d, "GC", dict(conf_b, **{"cni.dev/valid-attachments": [
+        {"containerID": "b1", "ifname": "eth0"}]})))
+    sandboxes, eps, _ = cnet_state(d)
+    assert sandboxes == ["cni-b1", "cni-multi"]
+    sb = d.api("GET", "/sandboxes/cni-multi").json()
+    assert set(sb["Networks"]) == {"other"} and netns_links(multi) == {"lo", "eth0"}
+    assert "cnet.cni.network.shared" not in sb["Labels"]
+    # cnic's GC with multi listed: nothing to do
+    ok(cni(d, "GC", dict(conf_c, **{"cni.dev/valid-attachments": [
+        {"containerID": "multi", "ifname": "eth0"}]})))
+    assert cnet_state(d)[0] == ["cni-b1", "cni-multi"]
+    ok(cni(d, "DEL", conf_b, container="b1", netns=b1))
+    ok(cni(d, "DEL", conf_c, container="multi", netns=multi))
+    assert cnet_state(d)[0] == []
+
+
 def test_status_and_unreachable_daemon(cnid, cni_host, containers):
     d = cnid
     assert ok(cni(d, "STATUS", config(d))) is None
@@ -666,6 +717,41 @@ def test_cnetd_restart_keeps_cni_attachments(cnid, containers):
     for cid, ns in (("keep1", c1), ("keep2", c2)):
         ok(cni(d, "DEL", conf, container=cid, netns=ns))
     assert cnet_state(d)[0] == [] and netns_links(c1) == netns_links(c2) == {"lo"}
+
+
+def test_cnetd_restart_keeps_published_ports(cnid, containers):
+    """portMappings outlive a cnetd restart (it rebuilds its nftables table): the port is
+    still published and still reserved; DEL afterwards releases it everywhere."""
+    d = cnid
+    outside = harness.wire_outside(d.host_ns)
+    try:
+        c, other = containers(), containers()
+        conf = config(d, runtimeConfig={"portMappings": [
+            {"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]})
+        ok(cni(d, "ADD", conf, container="pub1", netns=c))
+        sid = d.api("GET", "/sandboxes/cni-pub1").json()["Id"]
+        assert [k for k in store_keys(d) if k.startswith("sandboxports/")] \
+            == [f"sandboxports/{sid}/{d.api('GET', '/networks/cninet').json()['Id']}"]
+        d.restart()
+        assert d.api("GET", "/sandboxes/cni-pub1/ports").json() == {
+            "cninet": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "18081"}]}}
+        assert len(nft_pub(d)) == 1
+        with harness.TcpServer(c, 80, reply=b"after-restart\n"):
+            reply = harness.wait_for(
+                lambda: _try_tcp(outside.path, "192.0.2.1", 18081), timeout=10,
+                what="the published port after a restart")
+            assert reply == b"after-restart\n"
+        # still reserved: nobody else gets it
+        res = cni(d, "ADD", conf, container="pub2", netns=other)
+        assert res.rc != 0 and "already allocated" in res.json["msg"], res
+        ok(cni(d, "DEL", conf, container="pub1", netns=c))
+        assert nft_pub(d) == []
+        assert not [k for k in store_keys(d) if k.startswith("sandboxports/")]
+        assert _try_tcp(outside.path, "192.0.2.1", 18081) is None
+        d.restart()  # nothing comes back
+        assert nft_pub(d) == [] and cnet_state(d)[0] == []
+    finally:
+        outside.delete()
 
 
 def test_config_translation_and_result_merging():
