@@ -22,7 +22,16 @@ Mapping onto the CNM controller (every call runs on the kernel worker):
   the MAC is dockerd's, or cnet's (answered back) when dockerd has none.
 - Join: the interface is made in cnetd's own namespace under a temporary name
   (controller.join_external); dockerd moves it into the container, names it eth<N> and
-  configures it. Leave undoes it.
+  configures it. Leave undoes it. Join also ensures the network's DOCKER-USER rules
+  (ingress/docker_user.py): at boot the chain appears only once dockerd runs (after
+  cnetd), and a flush (`iptables -F`) removes them.
+- DeleteNetwork: dockerd only logs a refusal of DeleteEndpoint or DeleteNetwork and goes
+  on, so the endpoints still in cnet then are orphans dockerd forgot: they are removed
+  with the network (never a cnet network left behind by `docker network rm`).
+
+The iptables binaries may wait on the xtables lock: a method decides on the worker and
+returns an _After whose work (the iptables calls) runs on the HTTP thread, with the
+worker undoing the method if that work fails.
 - Program/RevokeExternalConnectivity: published ports (`docker run -p`) through cnet's
   nftables port publishing, sharing cnet's host port allocation.
 
@@ -44,6 +53,8 @@ import socketserver
 import stat
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -95,6 +106,16 @@ def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() in ("true", "1")
 
 
+@dataclass
+class _After:
+    """A worker method's answer plus `work` for the HTTP thread (the iptables binaries,
+    which may wait on the xtables lock: never on the kernel worker). If `work` raises,
+    `undo` runs on the worker and the error is the answer."""
+    answer: dict
+    work: Callable[[], None]
+    undo: Callable[[], None] | None = None
+
+
 class DockerPlugin:
     """The NetworkDriver methods (and the dispatch for both APIs)."""
 
@@ -116,7 +137,7 @@ class DockerPlugin:
     def load(self) -> None:
         """Rebuild the IPAM's pools and the published ports after a daemon start."""
         self.ipam.load()
-        bridges = set()
+        bridges = self.docker_user.wanted
         for net in self.ctl.networks.values():
             bridge = self._bridge(net)
             if bridge and net.labels.get(LABEL) == "docker":
@@ -125,7 +146,7 @@ class DockerPlugin:
                     self.docker_user.apply(bridge)
                 except CnetError as exc:
                     log.warning("docker plugin: %s", exc)
-        for err in self.docker_user.prune(keep=bridges):
+        for err in self.docker_user.prune(keep=set(bridges)):
             log.warning("docker plugin: %s", err)
         stale = []
         for key, rec in self.ctl.store.list("docker/ports/").items():
@@ -165,6 +186,8 @@ class DockerPlugin:
         t0 = time.perf_counter()
         try:
             answer = self.app.worker.run(fn, target, body)
+            if isinstance(answer, _After):
+                answer = self._after(answer)
             log.debug("docker plugin: %s done in %.2f ms", path, (time.perf_counter() - t0) * 1e3)
             return 200, answer
         except (CnetError, KernelError, FirewallError) as exc:
@@ -173,6 +196,19 @@ class DockerPlugin:
         except Exception as exc:  # one bad request never kills the plugin
             log.exception("docker plugin: %s failed", path)
             return 200, {err_field: f"internal error: {exc}"}
+
+    def _after(self, after: _After) -> dict:
+        """Run a method's HTTP-thread work; undo the method on the worker if it fails."""
+        try:
+            after.work()
+        except BaseException:
+            if after.undo is not None:
+                try:
+                    self.app.worker.run(after.undo)
+                except Exception:
+                    log.exception("docker plugin: undo failed")
+            raise
+        return after.answer
 
     # -- NetworkDriver ------------------------------------------------------------------
     def _network(self, body: dict) -> Network:
@@ -238,29 +274,64 @@ class DockerPlugin:
         handed = [c["Subnet"] for c in configs if self.ipam.release_reservation(c["Subnet"])]
         try:
             net = self.ctl.create_network(req, network_id=nid)
-            bridge = self._bridge(net)
-            if bridge:
-                try:
-                    self.docker_user.apply(bridge)
-                except BaseException:
-                    self.ctl.delete_network(net.id)
-                    raise
         except BaseException:
             for subnet in handed:
                 self.ipam.sync_reservation(subnet)
             raise
         log.info("docker plugin: network %s (%s) created", net.name, driver)
-        return {}
-
-    def delete_network(self, body: dict) -> dict:
-        net = self._network(body)
-        self.ctl.delete_network(net.id)
         bridge = self._bridge(net)
-        if bridge:
-            self.docker_user.apply(bridge, add=False)
+        if not bridge:
+            return {}
+        self.docker_user.wanted.add(bridge)
+
+        def work() -> None:  # on the HTTP thread
+            try:
+                self.docker_user.apply(bridge)
+            except BaseException:
+                # apply() takes back what it inserted; this also catches a rule that
+                # went in with a failure reported
+                self.docker_user.wanted.discard(bridge)
+                self.docker_user.apply(bridge, add=False)
+                raise
+
+        def undo() -> None:  # on the worker
+            self.docker_user.wanted.discard(bridge)
+            self.ctl.delete_network(net.id)
+            for subnet in handed:
+                self.ipam.sync_reservation(subnet)
+            log.info("docker plugin: network %s removed again", net.name)
+
+        return _After({}, work, undo)
+
+    def delete_network(self, body: dict) -> dict | _After:
+        net = self._network(body)
+        # dockerd calls this once it has no endpoint on the network, and ignores both a
+        # refused DeleteEndpoint and a refused DeleteNetwork (libnetwork only logs them):
+        # whatever endpoint cnet still has is an orphan. Those joined to a cnet sandbox
+        # (a `cnet network connect`) are cnet's own and stay (the delete is refused).
+        for ep in self.ctl.network_endpoints(net.id):
+            if ep.sandbox_id:
+                continue
+            log.warning("docker plugin: network %s: removing endpoint %s dockerd left behind",
+                        net.name, ids.short(ep.id))
+            if ep.driver_state.get("external_sandbox"):
+                try:
+                    self._revoke(ep)
+                    self.ctl.leave_external(ep.id)
+                except Exception as exc:
+                    log.warning("docker plugin: leave %s: %s", ids.short(ep.id), exc)
+            try:
+                self.ctl.delete_endpoint(ep.id)
+            except Exception as exc:
+                log.warning("docker plugin: delete endpoint %s: %s", ids.short(ep.id), exc)
+        self.ctl.delete_network(net.id)
         for pool in net.pools:  # dockerd releases the pools after this: hold them till then
             self.ipam.sync_reservation(pool.subnet)
-        return {}
+        bridge = self._bridge(net)
+        if not bridge:
+            return {}
+        self.docker_user.wanted.discard(bridge)
+        return _After({}, lambda: self.docker_user.apply(bridge, add=False))
 
     def create_endpoint(self, body: dict) -> dict:
         net = self._network(body)
@@ -302,15 +373,28 @@ class DockerPlugin:
         self.ctl.delete_endpoint(ep.id)
         return {}
 
-    def join(self, body: dict) -> dict:
+    def join(self, body: dict) -> dict | _After:
         ep = self._endpoint(body)
+        net = self.ctl.networks[ep.network_id]
         key = text_field(body, "SandboxKey")
         _obj(body, "Options")
         ifname, info = self.ctl.join_external(ep.id, key)
-        return {"InterfaceName": {"SrcName": ifname, "DstPrefix": "eth"},
-                "Gateway": info.gateway4 or "", "GatewayIPv6": info.gateway6 or "",
-                "StaticRoutes": [{"Destination": dst, "RouteType": 0, "NextHop": via}
-                                 for dst, via in info.static_routes]}
+        answer = {"InterfaceName": {"SrcName": ifname, "DstPrefix": "eth"},
+                  "Gateway": info.gateway4 or "", "GatewayIPv6": info.gateway6 or "",
+                  "StaticRoutes": [{"Destination": dst, "RouteType": 0, "NextHop": via}
+                                   for dst, via in info.static_routes]}
+        bridge = self._bridge(net)
+        if not bridge:
+            return answer
+        # Join runs for every container start (ProgramExternalConnectivity only for the
+        # gateway network): the place to put back rules a flush or a boot order lost.
+        return _After(answer, lambda: self.docker_user.ensure(bridge),
+                      lambda: self._undo_join(ep.id))
+
+    def _undo_join(self, endpoint_id: str) -> None:
+        ep = self.ctl.endpoints.get(endpoint_id)
+        if ep is not None and ep.driver_state.get("external_sandbox"):
+            self.ctl.leave_external(ep.id)
 
     def leave(self, body: dict) -> dict:
         ep = self._endpoint(body)

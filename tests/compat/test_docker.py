@@ -512,7 +512,8 @@ def test_malformed_plugin_requests_change_nothing(env):
         ("NetworkDriver.CreateNetwork", {"NetworkID": other, "Options": "x", "IPv4Data": [
             {"Pool": "10.95.0.0/24"}]}),
         ("NetworkDriver.DeleteNetwork", {"NetworkID": other}),
-        ("NetworkDriver.DeleteNetwork", {"NetworkID": nid}),  # it has an endpoint
+        # (DeleteNetwork of `nid` is no refusal: dockerd only sends it once it has no
+        # endpoint there, so cnet removes what is left: test_delete_network_removes_orphans)
         ("NetworkDriver.DeleteNetwork", {}),
         ("NetworkDriver.CreateEndpoint", {"NetworkID": other, "EndpointID": other}),
         ("NetworkDriver.CreateEndpoint", {"NetworkID": nid}),
@@ -736,3 +737,89 @@ def test_macvlan_through_docker_leaves_no_link_behind(env):
         assert env.kernel_state() == before
     finally:
         lan.delete()
+
+
+def test_flushed_docker_user_rules_come_back_at_the_next_join(env):
+    """The DOCKER-USER chain may lose cnet's rules (`iptables -F`; at boot cnetd starts
+    before dockerd makes the chain): the next container start puts them back."""
+    env.docker("network", "create", "-d", env.plugin, "--ipam-driver", env.plugin, "fl")
+    env.docker("run", "-d", "--name", "f1", "--network", "fl", "busybox", "sleep", "600")
+    rules = env.in_ns("iptables", "-w", "-S", "DOCKER-USER").stdout
+    assert rules.count(f"cnet:{env.cnetd.daemon_id}") == 2
+    env.in_ns("iptables", "-w", "-F", "DOCKER-USER")
+    env.docker("run", "-d", "--name", "f2", "--network", "fl", "busybox", "sleep", "600")
+    assert _wait_ping(env, "f2", env.container_ip("f1"))
+    assert _wait_ping(env, "f1", env.container_ip("f2"))
+    # and once there, a Join adds nothing twice
+    env.docker("run", "-d", "--name", "f3", "--network", "fl", "busybox", "sleep", "600")
+    rules = env.in_ns("iptables", "-w", "-S", "DOCKER-USER").stdout
+    assert rules.count(f"cnet:{env.cnetd.daemon_id}") == 2
+    env.docker("rm", "-f", "f1", "f2", "f3")
+    env.docker("network", "rm", "fl")
+    assert "cnet:" not in env.in_ns("iptables", "-w", "-S", "DOCKER-USER").stdout
+
+
+def test_failed_docker_user_rule_rolls_back_the_others(env, monkeypatch, tmp_path):
+    """ip6tables refuses its insert after iptables took both rules: CreateNetwork fails
+    and takes the iptables rules back with the network."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    script = fake / "ip6tables"
+    script.write_text("#!/bin/sh\n"
+                      'case " $* " in\n'
+                      '  *" -I "*) echo "ip6tables: fake refusal" >&2; exit 1;;\n'
+                      '  *" -C "*|*" -D "*) exit 1;;\n'
+                      '  *) echo "-N DOCKER-USER"; exit 0;;\n'
+                      "esac\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    env.cnetd.restart()  # its PATH now finds the fake ip6tables first
+    monkeypatch.undo()
+    before = env.kernel_state()
+    keys = env.store_keys()
+    err = env.docker_error("network", "create", "-d", env.plugin, "--ipam-driver", env.plugin,
+                           "bad")
+    assert "fake refusal" in err
+    assert "cnet:" not in env.in_ns("iptables", "-w", "-S", "DOCKER-USER").stdout
+    assert "docker-" not in env.cnetd.cli("network", "ls").stdout
+    assert env.store_keys() == keys
+    assert env.kernel_state() == before
+
+
+def test_delete_network_removes_orphans(env):
+    """dockerd ignores a refused DeleteEndpoint/DeleteNetwork: DeleteNetwork removes the
+    endpoints cnet still has (joined or not, with published ports) and the network."""
+    before = env.kernel_state()
+    keys = env.store_keys()
+    nid, eid, eid2 = "cd" * 32, "ef" * 32, "fe" * 32
+    sandbox = harness.Netns()
+    try:
+        ok = {"Err": ""}
+        status, answer, _ = env.plugin_call("NetworkDriver.CreateNetwork", {
+            "NetworkID": nid, "IPv4Data": [{"Pool": "10.98.0.0/24",
+                                            "Gateway": "10.98.0.1/24"}]})
+        assert status == 200 and not answer.get("Err"), answer
+        for e, ip in ((eid, "10.98.0.2/24"), (eid2, "10.98.0.3/24")):
+            answer = env.plugin_call("NetworkDriver.CreateEndpoint", {
+                "NetworkID": nid, "EndpointID": e, "Interface": {"Address": ip}})[1]
+            assert not answer.get("Err"), answer
+        answer = env.plugin_call("NetworkDriver.Join", {
+            "NetworkID": nid, "EndpointID": eid, "SandboxKey": harness.netns_path(sandbox)})[1]
+        assert not answer.get("Err"), answer
+        ifname = answer["InterfaceName"]["SrcName"]
+        assert ifname in env.kernel_state()["links"]
+        answer = env.plugin_call("NetworkDriver.ProgramExternalConnectivity", {
+            "NetworkID": nid, "EndpointID": eid, "Options": {
+                "com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8099}]}})[1]
+        assert not answer.get("Err"), answer
+        assert env.store_keys(f"endpoint/{eid}") and env.store_keys("docker/ports/")
+        assert "tcp . 8099" in env.in_ns("nft", "list", "table", "inet", "cnet").stdout
+        # no Leave, no DeleteEndpoint: straight to DeleteNetwork
+        assert env.plugin_call("NetworkDriver.DeleteNetwork", {"NetworkID": nid})[1] in (ok, {})
+        assert nid[:12] not in env.cnetd.cli("network", "ls").stdout
+        assert env.cnetd.cli("network", "inspect", nid, check=False).returncode != 0
+        assert env.store_keys() == keys
+        assert env.kernel_state() == before
+        assert "tcp . 8099" not in env.in_ns("nft", "list", "table", "inet", "cnet").stdout
+    finally:
+        sandbox.delete()
