@@ -2,6 +2,7 @@
 
 from cnet.daemon import (  # noqa: F401
     api,
+    api_capture,
     api_containers,
     api_dns,
     api_images,

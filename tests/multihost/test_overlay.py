@@ -150,6 +150,40 @@ def test_containers_on_three_hosts_ping_each_other_by_name(nodes, work):
     assert {e["Name"] for p in peers for e in p["Endpoints"]} == {"c1", "c2", "c3"}
 
 
+def _capture(d: harness.Daemon, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([harness.CNET, "-H", d.host, "capture", "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    if not line.startswith("capturing on"):
+        proc.kill()
+        pytest.fail(f"capture did not start: {line}{proc.communicate()[1]}")
+    return proc
+
+
+def _records(proc: subprocess.Popen) -> list[dict]:
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_capture_on_the_vtep_and_the_underlay(nodes, work):
+    work.network("ov-cap")
+    work.run(0, "k1", "ov-cap")
+    work.run(1, "k2", "ov-cap")
+    ip1, ip2 = container_ip(nodes[0], "k1", "ov-cap"), container_ip(nodes[1], "k2", "ov-cap")
+    assert pings(nodes[0], "k1", ip2)
+    vtep = _capture(nodes[0], "ov-cap", "-i", "vtep", "-f", "icmp", "-c", "2",
+                    "--duration", "20")
+    under = _capture(nodes[0], "node", "-f", "udp port 4789", "-c", "2", "--duration", "20")
+    assert pings(nodes[0], "k1", ip2)
+    inner = _records(vtep)
+    assert [(r["interface"], r["src"], r["dst"], r["protocol"]) for r in inner] == [
+        ("ov-cap/vxlan0", ip1, ip2, "ICMP"), ("ov-cap/vxlan0", ip2, ip1, "ICMP")]
+    outer = _records(under)
+    assert [(r["src"], r["dst"], r["protocol"]) for r in outer] == [
+        ("10.99.0.1", "10.99.0.2", "VXLAN"), ("10.99.0.2", "10.99.0.1", "VXLAN")]
+
+
 def test_mtu_is_the_underlay_minus_50_unless_set(nodes, work):
     work.network("ov-mtu")
     work.network("ov-mtu1300", "-o", "com.docker.network.driver.mtu=1300")

@@ -1,0 +1,99 @@
+"""`cnet capture TARGET`: packets on a container's, endpoint's, network's or the node's
+interfaces, without knowing interface names.
+
+cnetd resolves TARGET into (namespace, interface, label) triples
+(GET /capture/targets); this process (root, on the same host) then captures itself in
+those namespaces (cnet.capture.live).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+from cnet.cli.common import client, fail
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@click.command()
+@click.option("-i", "--interface", "iface", metavar="IFACE",
+              help="Only this interface (eth1); for a network: its bridge or VTEP "
+                   "(`bridge`, `vtep`, or the device name) instead of its endpoints.")
+@click.option("-f", "--filter", "bpf", metavar="BPF", help="A pcap filter (tcpdump syntax).")
+@click.option("-c", "--count", type=click.IntRange(min=1), help="Stop after COUNT packets.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Stop after S seconds.")
+@click.option("-w", "--write", "path", type=click.Path(dir_okay=False, writable=True),
+              metavar="FILE", help="Write the packets to FILE (pcapng, one interface "
+                                   "block per container/interface) instead of printing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per packet.")
+@click.argument("target")
+def capture(iface: str | None, bpf: str | None, count: int | None, duration: float | None,
+            path: str | None, as_json: bool, target: str) -> None:
+    """Capture packets on TARGET: a container or sandbox, an endpoint id, a network
+    (every endpoint on it; with -i its bridge/VTEP) or `node` (the underlay).
+
+    Ends after -c packets, --duration seconds, or Ctrl-C."""
+    from cnet.capture.live import CaptureError, LiveCapture, Target, compile_bpf
+
+    if bpf:
+        try:
+            compile_bpf(bpf)  # a bad filter fails before anything else happens
+        except CaptureError as exc:
+            fail(str(exc))
+    query = {"target": target}
+    if iface:
+        query["iface"] = iface
+    res = client().get("/capture/targets", query=query)
+    targets = [Target(t["Netns"], t["Interface"], t["Label"]) for t in res["Targets"]]
+
+    cap = LiveCapture(targets, bpf)
+    try:
+        cap.open()
+    except CaptureError as exc:
+        fail(str(exc))
+    writer = None
+    ids: dict[Target, int] = {}
+    state = {"seen": 0}
+    old = signal.signal(signal.SIGTERM, _stop)
+    try:
+        if path:
+            from cnet.capture.pcapng import PcapngWriter
+
+            writer = PcapngWriter(open(path, "wb"))  # noqa: SIM115 (closed below)
+            for t in targets:
+                ids[t] = writer.add_interface(t.label, f"{t.ifname} in {t.netns}")
+        click.echo("capturing on " + ", ".join(t.label for t in targets), err=True)
+        _run(cap, writer, ids, count, duration, as_json, state)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        cap.close()
+        if writer is not None:
+            writer.close()
+    seen = state["seen"]
+    click.echo(f"{seen} packet{'s' if seen != 1 else ''} captured", err=True)
+
+
+def _run(cap, writer, ids, count, duration, as_json, state: dict) -> None:
+    from cnet.capture.live import decode, json_record, summary_line
+
+    out = sys.stdout
+    if as_json:
+        import json
+    for pkt in cap.packets(count, duration):
+        state["seen"] += 1
+        if writer is not None:
+            writer.write(ids[pkt.target], pkt.ts_ns, pkt.data, pkt.orig_len)
+            continue
+        fields = decode(pkt.data)
+        if as_json:
+            out.write(json.dumps(json_record(pkt, fields)) + "\n")
+        else:
+            out.write(summary_line(pkt, fields) + "\n")
+        out.flush()
