@@ -31,15 +31,23 @@ def _stop(signum, frame) -> None:
               metavar="FILE", help="Write the packets to FILE (pcapng, one interface "
                                    "block per container/interface) instead of printing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per packet.")
+@click.option("--decap", is_flag=True,
+              help="Open VXLAN packets: outer VTEPs (node names) and VNI, then the inner "
+                   "flow with container names.")
+@click.option("--dns", is_flag=True,
+              help="Only DNS (port 53, the containers' loopback included, where "
+                   "127.0.0.11 answers): a query/answer log.")
 @click.argument("target")
 def capture(iface: str | None, bpf: str | None, count: int | None, duration: float | None,
-            path: str | None, as_json: bool, target: str) -> None:
+            path: str | None, as_json: bool, decap: bool, dns: bool, target: str) -> None:
     """Capture packets on TARGET: a container or sandbox, an endpoint id, a network
     (every endpoint on it; with -i its bridge/VTEP) or `node` (the underlay).
 
     Ends after -c packets, --duration seconds, or Ctrl-C."""
     from cnet.capture.live import CaptureError, LiveCapture, Target, compile_bpf
 
+    if dns:
+        bpf = f"({bpf}) and port 53" if bpf else "port 53"
     if bpf:
         try:
             compile_bpf(bpf)  # a bad filter fails before anything else happens
@@ -48,7 +56,15 @@ def capture(iface: str | None, bpf: str | None, count: int | None, duration: flo
     query = {"target": target}
     if iface:
         query["iface"] = iface
+    if dns:
+        query["lo"] = "1"
+    if decap:
+        query["names"] = "1"
     res = client().get("/capture/targets", query=query)
+    decoding = {"dns": dns}
+    if decap:
+        decoding.update(names=res.get("Names") or {},
+                        vxlan_ports=frozenset(res.get("VxlanPorts") or [4789]))
     targets = [Target(t["Netns"], t["Interface"], t["Label"]) for t in res["Targets"]]
 
     cap = LiveCapture(targets, bpf)
@@ -68,7 +84,7 @@ def capture(iface: str | None, bpf: str | None, count: int | None, duration: flo
             for t in targets:
                 ids[t] = writer.add_interface(t.label, f"{t.ifname} in {t.netns}")
         click.echo("capturing on " + ", ".join(t.label for t in targets), err=True)
-        _run(cap, writer, ids, count, duration, as_json, state)
+        _run(cap, writer, ids, count, duration, as_json, state, decoding)
     except KeyboardInterrupt:
         pass
     finally:
@@ -80,7 +96,8 @@ def capture(iface: str | None, bpf: str | None, count: int | None, duration: flo
     click.echo(f"{seen} packet{'s' if seen != 1 else ''} captured", err=True)
 
 
-def _run(cap, writer, ids, count, duration, as_json, state: dict) -> None:
+def _run(cap, writer, ids, count, duration, as_json, state: dict, decoding: dict
+         ) -> None:
     from cnet.capture.live import decode, json_record, summary_line
 
     out = sys.stdout
@@ -91,7 +108,7 @@ def _run(cap, writer, ids, count, duration, as_json, state: dict) -> None:
         if writer is not None:
             writer.write(ids[pkt.target], pkt.ts_ns, pkt.data, pkt.orig_len)
             continue
-        fields = decode(pkt.data)
+        fields = decode(pkt.data, **decoding)
         if as_json:
             out.write(json.dumps(json_record(pkt, fields)) + "\n")
         else:

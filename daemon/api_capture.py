@@ -14,6 +14,8 @@ from cnet.daemon.api import Request, route
 from cnet.daemon.app import App
 
 NODE = "node"
+VXLAN_PORT_DEFAULT = 4789
+VXLAN_PORT_OPTION = "com.docker.network.driver.overlay.vxlan_port"
 OVERLAY_BRIDGE, OVERLAY_VTEP = "br0", "vxlan0"
 
 
@@ -31,9 +33,10 @@ def _filter(found: list[dict[str, str]], iface: str | None, what: str) -> list[d
     return kept
 
 
-def _sandbox_targets(app: App, sb) -> list[dict[str, str]]:
+def _sandbox_targets(app: App, sb, lo: bool = False) -> list[dict[str, str]]:
+    """A sandbox's interfaces (with `lo`: loopback too, where 127.0.0.11 answers)."""
     ctl = app.controller
-    out = []
+    out = [_target(sb.key, "lo", f"{sb.name}/lo")] if lo else []
     for ep_id in sb.endpoints:
         ep = ctl.endpoints.get(ep_id)
         if ep is not None and ep.ifname:
@@ -66,12 +69,15 @@ def _network_infra(app: App, net) -> list[dict[str, str]]:
     return [_target(host, dev, f"{net.name}/{dev}")] if dev else []
 
 
-def _network_targets(app: App, net, iface: str | None) -> list[dict[str, str]]:
+def _network_targets(app: App, net, iface: str | None, lo: bool = False
+                     ) -> list[dict[str, str]]:
     ctl = app.controller
     eps = []
     for ep in ctl.network_endpoints(net.id):
         sb = ctl.sandboxes.get(ep.sandbox_id or "")
         if sb is not None and ep.ifname:
+            if lo:
+                eps.append(_target(sb.key, "lo", f"{sb.name}/lo"))
             eps.append(_target(sb.key, ep.ifname, f"{sb.name}/{ep.ifname}"))
     if not iface:
         return eps
@@ -82,7 +88,8 @@ def _network_targets(app: App, net, iface: str | None) -> list[dict[str, str]]:
     return _filter(infra + eps, wanted, f"network {net.name}")
 
 
-def resolve(app: App, target: str, iface: str | None) -> list[dict[str, str]]:
+def resolve(app: App, target: str, iface: str | None, lo: bool = False
+            ) -> list[dict[str, str]]:
     ctl = app.controller
     if not target:
         raise InvalidParameter("a capture target is required")
@@ -95,9 +102,9 @@ def resolve(app: App, target: str, iface: str | None) -> list[dict[str, str]]:
         except NotFound:
             continue
         if kind == "sandbox":
-            return _filter(_sandbox_targets(app, obj), iface, f"sandbox {obj.name}")
+            return _filter(_sandbox_targets(app, obj, lo), iface, f"sandbox {obj.name}")
         if kind == "network":
-            return _network_targets(app, obj, iface)
+            return _network_targets(app, obj, iface, lo)
         sb = ctl.sandboxes.get(obj.sandbox_id or "")
         if sb is None or not obj.ifname:
             raise InvalidParameter(f"endpoint {obj.id[:12]} is not joined to a sandbox "
@@ -107,12 +114,54 @@ def resolve(app: App, target: str, iface: str | None) -> list[dict[str, str]]:
     raise NotFound(f'no such container, sandbox, network or endpoint: "{target}"')
 
 
-@route("GET", "/capture/targets")
+def _addr(cidr: str | None) -> str | None:
+    return cidr.split("/")[0] if cidr else None
+
+
+def _names(app: App) -> tuple[dict[str, str], list[int]]:
+    """Address -> container name (local endpoints, then every name the DNS serves, which
+    includes remote overlay peers), and the VXLAN ports of the overlay networks."""
+    ctl = app.controller
+    names: dict[str, str] = {}
+    for ep in ctl.endpoints.values():
+        sb = ctl.sandboxes.get(ep.sandbox_id or "")
+        for a in (_addr(ep.ipv4), _addr(ep.ipv6)):
+            if sb is not None and a:
+                names.setdefault(a, sb.name)
+    if app.dns is not None:
+        for rec in app.dns.names.endpoints():
+            for a in (rec.ipv4, rec.ipv6):
+                if a and rec.names:
+                    names.setdefault(_addr(a), rec.names[0])
+    ports = {VXLAN_PORT_DEFAULT}
+    for net in ctl.networks.values():
+        if net.driver == "overlay":
+            port = net.options.get(VXLAN_PORT_OPTION)
+            if port and port.isdigit():
+                ports.add(int(port))
+    return names, sorted(ports)
+
+
+@route("GET", "/capture/targets", worker=False)
 def capture_targets(app: App, req: Request) -> tuple[int, Any]:
-    """The (namespace, interface, label) triples a capture of TARGET listens on."""
+    """The (namespace, interface, label) triples a capture of TARGET listens on; with
+    `lo=1` the sandboxes' loopback too; with `names=1` who is who (addresses of
+    containers and nodes) and the VXLAN ports, for decoding."""
     target = req.query.get("target") or ""
-    found = resolve(app, target, req.query.get("iface") or None)
+    lo = req.query.get("lo") == "1"
+    found = app.worker.run(resolve, app, target, req.query.get("iface") or None, lo)
     if not found:
         raise InvalidParameter(f'"{target}" has no interface to capture on (nothing '
                                "joined yet)")
-    return 200, {"Targets": found}
+    out: dict[str, Any] = {"Targets": found}
+    if req.query.get("names") == "1":
+        names, ports = app.worker.run(_names, app)
+        if app.cluster is not None:
+            try:
+                for node in app.cluster.nodes():
+                    if node.get("Addr"):
+                        names.setdefault(node["Addr"], node["Name"])
+            except Exception:  # the store unreachable: decode without node names
+                pass
+        out["Names"], out["VxlanPorts"] = names, ports
+    return 200, out

@@ -177,3 +177,18 @@ def test_capture_ctrl_c_flushes_the_file(daemon, tmp_path):
     assert "6 packets captured" in err
     if TSHARK:
         assert len(_tshark(pcap, "ip.src")) == 6
+
+
+def test_capture_dns_log(daemon):
+    d = daemon
+    _, ip_b = _setup(d)
+    proc = _start(d, "a", "--dns", "--json", "-c", "2", "--duration", "15")
+    assert proc.listening == "capturing on a/lo, a/eth0"  # 127.0.0.11 answers on lo
+    dig = harness.nsexec(d.sandbox_key("a"), "dig", "+short", "+time=2", "+tries=1",
+                         "@127.0.0.11", "b", check=True)
+    assert dig.stdout.split() == [ip_b]
+    recs = [r["dns"] for r in map(json.loads, _finish(proc)[0].splitlines())]
+    assert [(r["kind"], r["qname"], r["qtype"]) for r in recs] == [
+        ("query", "b.", "A"), ("answer", "b.", "A")]
+    assert recs[1]["rcode"] == "NOERROR" and recs[1]["answers"] == [f"A {ip_b}"]
+    assert recs[0]["id"] == recs[1]["id"]

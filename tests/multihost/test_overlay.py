@@ -182,6 +182,17 @@ def test_capture_on_the_vtep_and_the_underlay(nodes, work):
     outer = _records(under)
     assert [(r["src"], r["dst"], r["protocol"]) for r in outer] == [
         ("10.99.0.1", "10.99.0.2", "VXLAN"), ("10.99.0.2", "10.99.0.1", "VXLAN")]
+    # --decap: outer VTEPs named after the nodes, the VNI, the inner flow by container
+    vni = int(nodes[0].cli_json("network", "inspect", "ov-cap")[0]["Options"][
+        "com.docker.network.driver.overlay.vxlanid_list"])
+    decap = _capture(nodes[0], "node", "--decap", "-f", "udp port 4789", "-c", "2",
+                     "--duration", "20")
+    assert pings(nodes[0], "k1", ip2)
+    recs = _records(decap)
+    assert [(r["outer"]["src_name"], r["outer"]["dst_name"], r["outer"]["vni"],
+             r["src_name"], r["dst_name"], r["protocol"]) for r in recs] == [
+        ("node1", "node2", vni, "k1", "k2", "ICMP"), ("node2", "node1", vni, "k2", "k1", "ICMP")]
+    assert "[VXLAN node1(10.99.0.1) -> node2(10.99.0.2) vni" in recs[0]["info"]
 
 
 def test_mtu_is_the_underlay_minus_50_unless_set(nodes, work):
