@@ -128,6 +128,20 @@ def inspect_each(names: Iterable[str], path: Callable[[str], str], kind: str) ->
     exit_on_errors(errors)
 
 
+def remove_each(names: Iterable[str], path: Callable[[str], str],
+                query: dict[str, str] | None = None) -> None:
+    """Docker's `rm NAME...`: DELETE each, print the name of each one removed, then one
+    error line per failure (exit 1)."""
+    api = client()
+
+    def remove(name: str) -> None:
+        api.delete(path(name), query=query)
+        click.echo(name)
+
+    _, errors = run_each(names, remove)
+    exit_on_errors(errors)
+
+
 # --- option parsing -----------------------------------------------------------------
 
 

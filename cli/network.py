@@ -7,7 +7,6 @@ from typing import Any
 import click
 from cnet.cli.common import (
     client,
-    exit_on_errors,
     filter_option,
     filters_query,
     format_option,
@@ -17,8 +16,8 @@ from cnet.cli.common import (
     print_json,
     print_table,
     quiet_option,
+    remove_each,
     resource_path,
-    run_each,
     short_id,
 )
 from cnet.cli.shared import connect_request, disconnect_request
@@ -128,14 +127,7 @@ def inspect(verbose: bool, names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NETWORK...")
 def rm(names: tuple[str, ...]) -> None:
     """Remove one or more networks."""
-    api = client()
-
-    def remove(name: str) -> None:
-        api.delete(_path(name))
-        click.echo(name)
-
-    _, errors = run_each(names, remove)
-    exit_on_errors(errors)
+    remove_each(names, _path)
 
 
 @network.command()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import click
 from cnet.cli.common import (
     client,
-    exit_on_errors,
     format_option,
     inspect_each,
     print_json,
     print_table,
     quiet_option,
+    remove_each,
     resource_path,
-    run_each,
 )
 
 
@@ -53,11 +52,4 @@ def inspect(names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="NODE...")
 def rm(names: tuple[str, ...]) -> None:
     """Remove Down nodes and the addresses they held on overlay networks."""
-    api = client()
-
-    def remove(name: str) -> None:
-        api.delete(_path(name))
-        click.echo(name)
-
-    _, errors = run_each(names, remove)
-    exit_on_errors(errors)
+    remove_each(names, _path)

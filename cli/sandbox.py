@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 from cnet.cli.common import (
     client,
-    exit_on_errors,
     fail,
     format_option,
     human_since,
@@ -14,8 +13,8 @@ from cnet.cli.common import (
     print_json,
     print_table,
     quiet_option,
+    remove_each,
     resource_path,
-    run_each,
     short_id,
 )
 
@@ -74,15 +73,7 @@ def inspect(names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="SANDBOX...")
 def rm(force: bool, names: tuple[str, ...]) -> None:
     """Remove one or more sandboxes."""
-    api = client()
-    query = {"force": "1"} if force else None
-
-    def remove(name: str) -> None:
-        api.delete(_path(name), query=query)
-        click.echo(name)
-
-    _, errors = run_each(names, remove)
-    exit_on_errors(errors)
+    remove_each(names, _path, {"force": "1"} if force else None)
 
 
 @sandbox.command(

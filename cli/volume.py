@@ -17,6 +17,7 @@ from cnet.cli.common import (
     print_json,
     print_table,
     quiet_option,
+    remove_each,
     resource_path,
     run_each,
 )
@@ -83,14 +84,7 @@ def inspect(names: tuple[str, ...]) -> None:
 @click.argument("names", nargs=-1, required=True, metavar="VOLUME...")
 def rm(force: bool, names: tuple[str, ...]) -> None:
     """Remove one or more volumes (not while a container uses them)."""
-    api = client()
-
-    def remove(name: str) -> None:
-        api.delete(_path(name), query={"force": "1"} if force else None)
-        click.echo(name)
-
-    _, errors = run_each(names, remove)
-    exit_on_errors(errors)
+    remove_each(names, _path, {"force": "1"} if force else None)
 
 
 @volume.command()

@@ -73,8 +73,9 @@ class MacvlanDriver(ParentLinkDriver):
     def _host_routes(self, endpoint: Endpoint) -> list[str]:
         return [c.split("/")[0] for c in (endpoint.ipv4, endpoint.ipv6) if c]
 
-    def endpoint_joined(self, network: Network, endpoint: Endpoint,
-                        opts: ParentOptions) -> None:
+    def _route_via_host_interface(self, endpoint: Endpoint, opts: ParentOptions,
+                                  add: bool) -> None:
+        """With -o cnet.macvlan.host_interface: the host's route to the endpoint."""
         if not opts.host_interface:
             return
         host = self.kernel.host
@@ -82,15 +83,12 @@ class MacvlanDriver(ParentLinkDriver):
         if idx is None:
             return
         for ip in self._host_routes(endpoint):
-            host.add_device_route(ip, idx)
+            (host.add_device_route if add else host.delete_device_route)(ip, idx)
+
+    def endpoint_joined(self, network: Network, endpoint: Endpoint,
+                        opts: ParentOptions) -> None:
+        self._route_via_host_interface(endpoint, opts, add=True)
 
     def endpoint_leaving(self, network: Network, endpoint: Endpoint,
                          opts: ParentOptions) -> None:
-        if not opts.host_interface:
-            return
-        host = self.kernel.host
-        idx = host.index(opts.host_interface)
-        if idx is None:
-            return
-        for ip in self._host_routes(endpoint):
-            host.delete_device_route(ip, idx)
+        self._route_via_host_interface(endpoint, opts, add=False)
