@@ -74,6 +74,31 @@ def in_ns(ns_path: str, *cmd: object, **kw: Any) -> subprocess.CompletedProcess:
     return sh("nsenter", f"--net={ns_path}", *cmd, **kw)
 
 
+IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
+
+
+def iperf3_client(client_ns: str, server_ip: str, seconds: int, *extra: str) -> dict:
+    """One `iperf3 -c -J` run inside `client_ns` (retried while the server is not
+    listening yet): Gbit/s received, retransmits, sender/receiver CPU %."""
+    for attempt in range(20):
+        proc = in_ns(client_ns, IPERF3, "-c", server_ip, "-t", str(seconds), "-O", "1", "-J",
+                     *extra, check=False, timeout=seconds + 30)
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError:
+            doc = {"error": proc.stdout + proc.stderr}
+        if proc.returncode == 0 and "error" not in doc:
+            end = doc["end"]
+            return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
+                    "retr": end["sum_sent"].get("retransmits"),
+                    "cpu_snd": end["cpu_utilization_percent"]["host_total"],
+                    "cpu_rcv": end["cpu_utilization_percent"]["remote_total"]}
+        if "connect" not in str(doc.get("error")) or attempt == 19:
+            raise RuntimeError(f"iperf3 -c {server_ip} failed: {doc.get('error')}")
+        time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (network namespaces, netlink, nftables)")

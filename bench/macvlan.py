@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -34,11 +33,13 @@ import sys
 import time
 
 from common import (
+    IPERF3,
     Daemon,
     Netns,
     Summary,
     header,
     in_ns,
+    iperf3_client,
     main_wrapper,
     no_interrupts,
     print_table,
@@ -46,7 +47,6 @@ from common import (
     sh,
 )
 
-IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
 SUBNET, GATEWAY, RANGE = "10.77.0.0/24", "10.77.0.1", "10.77.0.64/28"
 HOST_IP, EXT_IP = "10.77.0.10", "10.77.0.200"
 PARENT, NETWORK, SANDBOX = "lan0", "cnbmv", "cnbsb"
@@ -63,23 +63,8 @@ PIN = False
 
 
 def iperf(client_ns: str, server_ip: str, seconds: int, reverse: bool = False) -> dict:
-    """One iperf3 run (-J); retried while the server is not listening yet."""
-    extra = ["-R"] if reverse else []
-    for attempt in range(20):
-        proc = in_ns(client_ns, IPERF3, "-c", server_ip, "-t", str(seconds), "-O", "1", "-J",
-                     *(AFFINITY if PIN else []), *extra, check=False, timeout=seconds + 30)
-        try:
-            doc = json.loads(proc.stdout)
-        except ValueError:
-            doc = {"error": proc.stdout + proc.stderr}
-        if proc.returncode == 0 and "error" not in doc:
-            end = doc["end"]
-            return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                    "retr": end["sum_sent"].get("retransmits")}
-        if "connect" not in str(doc.get("error")) or attempt == 19:
-            raise RuntimeError(f"iperf3 -c {server_ip} failed: {doc.get('error')}")
-        time.sleep(0.1)
-    raise AssertionError("unreachable")
+    return iperf3_client(client_ns, server_ip, seconds, *(AFFINITY if PIN else []),
+                         *(["-R"] if reverse else []))
 
 
 def pings(ns_path: str, ip: str) -> bool:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -64,6 +63,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import (
+    IPERF3,
     Api,
     Daemon,
     Netns,
@@ -72,6 +72,7 @@ from common import (
     fmt,
     header,
     in_ns,
+    iperf3_client,
     main_wrapper,
     no_interrupts,
     now_ms,
@@ -84,7 +85,6 @@ from common import (
 )
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
-IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
 UNDERLAY = ("10.97.0.1", "10.97.0.2")
 ETCD_PORT = 2379
 OVERLAY = "cnbov"
@@ -419,24 +419,7 @@ def hand_made(c: Cluster) -> None:
 
 
 def iperf(client_ns: str, server_ip: str, seconds: int) -> dict:
-    """One iperf3 run (-J); retried while the server is not listening yet."""
-    for attempt in range(20):
-        proc = in_ns(client_ns, IPERF3, "-c", server_ip, "-t", str(seconds), "-O", "1", "-J",
-                     check=False, timeout=seconds + 30)
-        try:
-            doc = json.loads(proc.stdout)
-        except ValueError:
-            doc = {"error": proc.stdout + proc.stderr}
-        if proc.returncode == 0 and "error" not in doc:
-            end = doc["end"]
-            return {"gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                    "retr": end["sum_sent"].get("retransmits"),
-                    "cpu_snd": end["cpu_utilization_percent"]["host_total"],
-                    "cpu_rcv": end["cpu_utilization_percent"]["remote_total"]}
-        if "connect" not in str(doc.get("error")) or attempt == 19:
-            raise RuntimeError(f"iperf3 -c {server_ip} failed: {doc.get('error')}")
-        time.sleep(0.1)
-    raise AssertionError("unreachable")
+    return iperf3_client(client_ns, server_ip, seconds)
 
 
 def bench_throughput(c: Cluster, rounds: int, seconds: int) -> dict[str, list[dict]]:
