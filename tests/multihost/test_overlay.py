@@ -323,6 +323,14 @@ def test_overlapping_overlay_subnets_are_refused_on_any_node(nodes, work):
     assert "overlaps" in err
     err = nodes[1].cli_error("network", "create", "-d", "overlay", "ov-sub")
     assert "already exists" in err
+    # a chosen VNI: used as asked, unique in the cluster, in range
+    vni = "com.docker.network.driver.overlay.vxlanid_list"
+    net = work.network("ov-vni", "-o", f"{vni}=5000")
+    assert net["Options"][vni] == "5000"
+    err = nodes[2].cli_error("network", "create", "-d", "overlay", "-o", f"{vni}=5000", "v2")
+    assert "VNI 5000 is already in use" in err
+    assert "out of range" in nodes[2].cli_error("network", "create", "-d", "overlay",
+                                                "-o", f"{vni}=4000", "v3")
 
 
 def test_encrypted_is_refused_naming_the_kernel_feature(nodes):
