@@ -146,6 +146,17 @@ class LiveCapture:
                 yield pkt
 
 
+    def pending(self) -> list[Packet]:
+        """What the kernel already queued on the sockets, in time order (read at Ctrl-C:
+        packets seen before the interrupt are not lost)."""
+        assert self._sel is not None
+        anc = socket.CMSG_SPACE(16)
+        out: list[Packet] = []
+        for key in list(self._sel.get_map().values()):
+            out += _drain(key.fileobj, key.data, anc, limit=1 << 30)  # type: ignore[arg-type]
+        return sorted(out, key=lambda p: p.ts_ns)
+
+
 def _drain(sock: socket.socket, target: Target, anc: int, limit: int = 256
            ) -> list[Packet]:
     out: list[Packet] = []

@@ -84,9 +84,12 @@ def capture(iface: str | None, bpf: str | None, count: int | None, duration: flo
             for t in targets:
                 ids[t] = writer.add_interface(t.label, f"{t.ifname} in {t.netns}")
         click.echo("capturing on " + ", ".join(t.label for t in targets), err=True)
-        _run(cap, writer, ids, count, duration, as_json, state, decoding)
-    except KeyboardInterrupt:
-        pass
+        _emit(cap.packets(count, duration), writer, ids, as_json, state, decoding)
+    except KeyboardInterrupt:  # what the kernel already holds still counts
+        left = cap.pending()
+        if count is not None:
+            left = left[:max(0, count - state["seen"])]
+        _emit(left, writer, ids, as_json, state, decoding)
     finally:
         signal.signal(signal.SIGTERM, old)
         cap.close()
@@ -96,14 +99,13 @@ def capture(iface: str | None, bpf: str | None, count: int | None, duration: flo
     click.echo(f"{seen} packet{'s' if seen != 1 else ''} captured", err=True)
 
 
-def _run(cap, writer, ids, count, duration, as_json, state: dict, decoding: dict
-         ) -> None:
+def _emit(pkts, writer, ids, as_json: bool, state: dict, decoding: dict) -> None:
     from cnet.capture.live import decode, json_record, summary_line
 
     out = sys.stdout
     if as_json:
         import json
-    for pkt in cap.packets(count, duration):
+    for pkt in pkts:
         state["seen"] += 1
         if writer is not None:
             writer.write(ids[pkt.target], pkt.ts_ns, pkt.data, pkt.orig_len)
