@@ -120,6 +120,10 @@ class Netlink:
         except NetlinkError as exc:
             raise KernelError(what, exc) from None
 
+    def ipr_call(self, what: str, method: str, *args, **kwargs) -> list:
+        """One pyroute2 request read to the end (for cnm.osl's read-only helpers)."""
+        return self._call(what, lambda: list(getattr(self._ipr, method)(*args, **kwargs)))
+
     def index(self, ifname: str) -> int | None:
         found = self._call(f"look up {ifname}", self._ipr.link_lookup, ifname=ifname)
         return found[0] if found else None
