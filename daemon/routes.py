@@ -9,5 +9,6 @@ from cnet.daemon import (  # noqa: F401
     api_network,
     api_nodes,
     api_ports,
+    api_topology,
     api_volumes,
 )
