@@ -9,7 +9,7 @@ APT_PACKAGES=(
     nftables python3-nftables libnftables1 iproute2 python3-venv python3-pip
     runc busybox-static tcpdump dnsmasq iputils-ping netcat-openbsd procps
     util-linux psmisc curl bind9-dnsutils etcd-server etcd-client iperf3
-    docker.io podman containernetworking-plugins python3-scapy tshark
+    docker.io podman containernetworking-plugins python3-scapy tshark graphviz
 )
 VENV=.venv
 STAMP="$VENV/.installed"
