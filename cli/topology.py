@@ -122,14 +122,17 @@ def render_tree(topo: dict, unicode: bool = True) -> str:
 
 # -- DOT -----------------------------------------------------------------------------------
 def dot_quote(text: str) -> str:
-    """A DOT double-quoted string holding `text` literally: backslashes and quotes
-    escaped, line breaks as DOT's centred line break, other control characters dropped."""
+    """A DOT double-quoted string that Graphviz draws as `text`: backslashes and quotes
+    escaped, `&` as an entity (Graphviz decodes entities in labels), line breaks as DOT's
+    centred line break, other control characters dropped."""
     out = []
     for ch in str(text):
         if ch == "\\":
             out.append("\\\\")
         elif ch == '"':
             out.append('\\"')
+        elif ch == "&":
+            out.append("&amp;")
         elif ch == "\n":
             out.append("\\n")
         elif ord(ch) < 32 or ch == "\x7f":
