@@ -138,7 +138,9 @@ def topology(app: App, wanted: str | None) -> dict[str, Any]:
         known = []
     nodes = {me["Name"]: me}
     for n in known:
-        if n["Name"] != me["Name"]:
+        if n.get("Self"):
+            me["Status"] = n.get("Status") or me["Status"]
+        elif n["Name"] != me["Name"]:
             nodes[n["Name"]] = {"Name": n["Name"], "ID": n.get("ID", ""),
                                 "Addr": n.get("Addr", ""), "Status": n.get("Status", ""),
                                 "Self": False}
