@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from cnet.cnm.errors import InvalidParameter, NotFound
+from cnet.daemon import network_detail
 from cnet.daemon.api import Request, route
 from cnet.daemon.app import App
 from cnet.daemon.views import endpoint_view, network_peers, network_view, sandbox_view
@@ -68,8 +69,10 @@ def network_inspect(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
     net = ctl.network(req.params[0])
     view = network_view(ctl, net)
-    if req.query.get("verbose") in ("1", "true") and net.scope == "global":
-        view["Peers"] = network_peers(ctl, net)
+    if req.query.get("verbose") in ("1", "true"):
+        if net.scope == "global":
+            view["Peers"] = network_peers(ctl, net)
+        view.update(network_detail.verbose(app, net, view.get("Peers")))  # Kernel, Firewall, DNS
     return 200, view
 
 
