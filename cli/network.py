@@ -115,7 +115,9 @@ def ls(quiet: bool, no_trunc: bool, filters: dict[str, list[str]], fmt: str) -> 
 
 @network.command()
 @click.option("-v", "--verbose", is_flag=True,
-              help="Also show the peers of an overlay (nodes and their endpoints).")
+              help="Also show the kernel state (bridge or VTEP, ports, FDB and neighbour "
+                   "entries), the nftables sets, rules and published ports of the network, "
+                   "DNS counters, and an overlay's peers.")
 @click.argument("names", nargs=-1, required=True, metavar="NETWORK...")
 def inspect(verbose: bool, names: tuple[str, ...]) -> None:
     """Display detailed information on one or more networks."""
