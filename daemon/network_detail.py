@@ -224,11 +224,12 @@ def _overlay(app: App, net: Network, names: _Names) -> dict[str, Any]:
     br = nl.link_state(OVERLAY_BRIDGE)
     vx = nl.link_state(OVERLAY_VTEP)
     if vx is not None:
-        vtep = _link(vx)
+        vtep = {"Interface": OVERLAY_VTEP, **_link(vx)}
+        del vtep["Name"]
         cfg = nl.vxlan_config(vx.index)
         if cfg is not None:
             vtep.update(VNI=cfg.vni, Port=cfg.port, Local=cfg.local or "")
-        out["VTEP"] = {"Interface": OVERLAY_VTEP, **vtep}
+        out["VTEP"] = vtep
     if br is None:
         return out
     out["Bridge"] = _link(br)
