@@ -32,10 +32,13 @@ class CaptureError(Exception):
     """A one-line problem (bad filter, interface gone)."""
 
 
+ANY = "*"  # Target.ifname: every interface of the namespace, present and future
+
+
 @dataclass(frozen=True)
 class Target:
     netns: str
-    ifname: str
+    ifname: str  # or ANY
     label: str  # container/interface, e.g. "web/eth0"
 
 
@@ -46,6 +49,7 @@ class Packet:
     data: bytes
     outgoing: bool
     orig_len: int
+    ifname: str = ""  # the interface it was seen on
 
 
 def compile_bpf(expr: str):
@@ -61,10 +65,14 @@ def compile_bpf(expr: str):
 
 
 def _open(target: Target, fprog) -> socket.socket:
+    every = target.ifname == ANY
     try:
         with in_netns(target.netns):
-            # protocol 0 receives nothing until bind(): the filter is in place first
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            # protocol 0 receives nothing until bind(): the filter is in place first.
+            # Every interface means no bind (ifindex 0): the socket hears all at once,
+            # and what it queued before the filter is read away below.
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                 socket.htons(ETH_P_ALL) if every else 0)
             try:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
@@ -74,7 +82,8 @@ def _open(target: Target, fprog) -> socket.socket:
                     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
                                     bytes(fprog[1]))
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-                sock.bind((target.ifname, ETH_P_ALL))
+                if not every:
+                    sock.bind((target.ifname, ETH_P_ALL))
             except BaseException:
                 sock.close()
                 raise
@@ -82,6 +91,8 @@ def _open(target: Target, fprog) -> socket.socket:
         raise CaptureError(f"cannot capture on {target.label} ({target.ifname}): "
                            f"{exc.strerror or exc}") from None
     sock.setblocking(False)
+    if every:
+        _drain(sock, target, socket.CMSG_SPACE(16), limit=1 << 30)
     return sock
 
 
@@ -165,7 +176,7 @@ def _drain(sock: socket.socket, target: Target, anc: int, limit: int = 256
             data, ancdata, _flags, addr = sock.recvmsg(BUFSIZE, anc)
         except BlockingIOError:
             break
-        if addr[2] == PACKET_OUTGOING and target.ifname == "lo":
+        if addr[2] == PACKET_OUTGOING and addr[0] == "lo":
             continue  # loopback shows each packet twice; libpcap keeps one
         ts_ns = 0
         for level, kind, value in ancdata:
@@ -173,7 +184,7 @@ def _drain(sock: socket.socket, target: Target, anc: int, limit: int = 256
                 sec, nsec = struct.unpack("qq", value[:16])
                 ts_ns = sec * 1_000_000_000 + nsec
         out.append(Packet(target, ts_ns or time.time_ns(), data,
-                          addr[2] == PACKET_OUTGOING, len(data)))
+                          addr[2] == PACKET_OUTGOING, len(data), addr[0]))
     return out
 
 
@@ -323,6 +334,7 @@ def _fast(data: bytes, dns: bool) -> dict | None:
         if kind in (0, 8):
             ident, seq = struct.unpack_from("!HH", data, l4 + 4)
             name += f" id={ident} seq={seq}"
+            out["icmp_id"] = ident
         out.update(protocol="ICMP", info=name)
         return out
     return None
@@ -381,6 +393,8 @@ def _decode(data: bytes, dns: bool = False) -> dict:
         name = _ICMP_TYPES.get(c.type, f"type {c.type}")
         extra = f" id={c.id} seq={c.seq}" if c.type in (0, 8) else ""
         out.update(protocol="ICMP", info=name + extra)
+        if c.type in (0, 8):
+            out["icmp_id"] = c.id
     elif IPv6 in pkt and ip.nh == 58:
         out.update(protocol="ICMPv6", info=ip.payload.name.removeprefix("ICMPv6 "))
     else:

@@ -24,6 +24,7 @@ COMMANDS = {
     "dns": ("cnet.cli.dns:dns", "Inspect the embedded DNS."),
     "node": ("cnet.cli.node:node", "Manage the cluster's nodes."),
     "capture": ("cnet.cli.capture:capture", "Capture packets on a container, network or node."),
+    "trace": ("cnet.cli.trace:trace", "Trace a probe's path between containers."),
     "topology": ("cnet.cli.topology:topology", "Show nodes, networks, containers and addresses."),
     "run": ("cnet.cli.container:run", "Create and run a new container from an image."),
     "create": ("cnet.cli.container:create", "Create a new container."),

@@ -10,5 +10,6 @@ from cnet.daemon import (  # noqa: F401
     api_nodes,
     api_ports,
     api_topology,
+    api_trace,
     api_volumes,
 )
