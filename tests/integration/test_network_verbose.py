@@ -50,6 +50,7 @@ def _bridge_setup(d) -> dict[str, dict]:
 def test_bridge_network_kernel_section(daemon):
     d = daemon
     sb = _bridge_setup(d)
+    assert harness.ping(sb["a"]["key"], "10.87.0.1")  # the node learns a's address too
     v = _verbose(d, "vnet")
     assert set(v["Containers"]) and v["Name"] == "vnet"  # Docker's fields stay
     k = v["Kernel"]
@@ -81,6 +82,12 @@ def test_bridge_network_kernel_section(daemon):
     learned = {(e["mac"], e["ifname"]) for e in shown if "permanent" not in e.get("state", "")
                and not e.get("flags")}
     assert learned == {(e["MAC"], e["Port"]) for e in k["FDB"] if e["Kind"] == "learned"}
+
+    # the node's own entry for a, on the bridge (where it answered a's ping)
+    n = next(n for n in k["Neighbours"] if "Sandbox" not in n and n["IP"] == sb["a"]["ip"])
+    assert (n["Interface"], n["MAC"], n["Container"]) == (br["Name"], sb["a"]["mac"], "a")
+    assert any(x["dst"] == sb["a"]["ip"] and x["lladdr"] == sb["a"]["mac"]
+               for x in _ipj(d.netns_path, "neigh", "show", "dev", br["Name"]))
 
     # a's neighbour table holds b (and b's holds a), as `ip neigh` shows it
     neigh = {(n.get("Sandbox"), n["IP"]): n for n in k["Neighbours"]}
