@@ -116,7 +116,7 @@ def _role(plan: Plan, ident: int, f: dict) -> str | None:
     if plan.proto == "icmp":
         if f.get("icmp_id") != ident or f.get("protocol") != "ICMP":
             return None
-        return "request" if f["info"].startswith("echo-request") else "reply"
+        return "request" if "echo-request" in f["info"] else "reply"
     if f.get("protocol") not in ("TCP", "UDP", "DNS"):
         return None
     if f.get("sport") == ident:
@@ -156,7 +156,7 @@ def _hop(place: Place | None, pkt: Packet, f: dict, role: str) -> dict:
         o = f["outer"]
         hop["Vxlan"] = {"Src": o["src"], "Dst": o["dst"], "VNI": o["vni"],
                         "SrcNode": o.get("src_name"), "DstNode": o.get("dst_name")}
-        hop["Flow"] = f"{flow} [VXLAN {o['src']} -> {o['dst']} vni {o['vni']}]"
+        hop["Flow"] = f["info"]  # outer and inner flows, named
     return hop
 
 
@@ -200,15 +200,20 @@ def hops(plan: Plan, obs: Observed) -> list[dict]:
     places = {p.netns: p for p in plan.places}
     seen: list[tuple[tuple, int, tuple[int, int], dict]] = []
     first: dict[tuple, int] = {}
-    for pkt in obs.packets:
+    copies: dict[tuple, int] = {}
+    for pkt in sorted(obs.packets, key=lambda p: p.ts_ns):
         f = decode(pkt.data, names=plan.names, vxlan_ports=plan.vxlan_ports)
         role = _role(plan, obs.ident, f)
         if role is None:
             continue
-        key = _packet_key(role, f)
-        first[key] = min(first.get(key, pkt.ts_ns), pkt.ts_ns)
         place = places.get(pkt.target.netns)
         hop = _hop(place, pkt, f, role)
+        # a retransmission is the same packet again: the n-th copy seen at one point
+        # belongs to the n-th transmission
+        point = (_packet_key(role, f), pkt.target.netns, pkt.ifname, hop["Direction"])
+        copies[point] = copies.get(point, 0) + 1
+        key = (*point[0], copies[point])
+        first[key] = min(first.get(key, pkt.ts_ns), pkt.ts_ns)
         seen.append((key, pkt.ts_ns, _rank(plan, place, role, hop), hop))
     seen.sort(key=lambda s: (first[s[0]], s[2], s[1]))
     t0 = min(first.values(), default=0)
@@ -239,7 +244,7 @@ def rules(plan: Plan, obs: Observed, ifnames: dict[int, str]) -> list[dict]:
             continue  # no rule decided: the chain let it pass
         if ev.type == "return" or (ev.type == "rule" and ev.handle is None):
             continue
-        text = obs.rules.get((ev.table, ev.chain, ev.handle or -1), "")
+        text, comment = _comment(obs.rules.get((ev.table, ev.chain, ev.handle or -1), ""))
         if ev.type == "policy":
             text = f"policy {ev.verdict}"
         key = (role, ev.table, ev.chain, ev.handle, ev.verdict, ev.iif, ev.oif)
@@ -247,13 +252,22 @@ def rules(plan: Plan, obs: Observed, ifnames: dict[int, str]) -> list[dict]:
             seen[key]["Packets"] += 1
             continue
         out.append({"Packet": role, "Table": f"{_family(ev.family)} {ev.table}",
-                    "Chain": ev.chain, "Handle": ev.handle, "Rule": text,
+                    "Chain": ev.chain, "Handle": ev.handle, "Rule": text, "Comment": comment,
                     "Verdict": ev.verdict + (f" {ev.target}" if ev.target else ""),
                     "In": ifnames.get(ev.iif or 0, ""), "Out": ifnames.get(ev.oif or 0, ""),
                     "Flow": (f"{fields['src']} -> {fields['dst']}" if fields else ""),
                     "Packets": 1})
         seen[key] = out[-1]
     return out
+
+
+_COMMENT = re.compile(r'\s*comment "((?:[^"\\]|\\.)*)"$')
+
+
+def _comment(text: str) -> tuple[str, str | None]:
+    """A rule's text and its comment (cnet's fixed rules say why they exist)."""
+    m = _COMMENT.search(text)
+    return (text[:m.start()], m.group(1)) if m else (text, None)
 
 
 def _family(nfproto: int) -> str:
@@ -377,9 +391,10 @@ def verdict(plan: Plan, obs: Observed, hop_list: list[dict], rule_list: list[dic
     for r in rule_list:
         if r["Packet"] == "request" and r["Verdict"] == "drop":
             where = f"{r['Table']} {r['Chain']}"
-            rule = r["Rule"] if r["Rule"].startswith("policy") else \
-                f"rule {r['Handle']} \"{r['Rule']}\""
-            return f"dropped by {where} {rule}", False
+            if r["Rule"].startswith("policy"):
+                return f"dropped by {where} {r['Rule']}", False
+            why = f" ({r['Comment']})" if r["Comment"] else ""
+            return f"dropped by {where} rule {r['Handle']}{why}: {r['Rule']}", False
     arrived = [h for h in hop_list if h["Packet"] == "request" and h["Direction"] == "in"
                and h["Where"] not in ("node", plan.src) and not h["Where"].startswith(
                    "overlay ")]

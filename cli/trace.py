@@ -54,9 +54,12 @@ def render(report: dict) -> str:
         lines.append("path:")
         width = max(len(h["Where"]) for h in report["Hops"])
         iwidth = max(len(h["Interface"]) for h in report["Hops"])
+        last = None
         for i, h in enumerate(report["Hops"], 1):
             what = f"  ({h['What']})" if h["What"] else ""
-            lines.append(f"  {i:>2} {h['Time']:>9.1f}us  {h['Packet']:<7} "
+            when = f"{h['Time']:>9.1f}us" if h["Time"] != last else " " * 11
+            last = h["Time"]
+            lines.append(f"  {i:>2} {when}  {h['Packet']:<7} "
                          f"{h['Where']:<{width}}  {h['Interface']:<{iwidth}} "
                          f"{h['Direction']:<3}  {h['Flow']}{what}")
     if report["Rules"]:
@@ -66,9 +69,10 @@ def render(report: dict) -> str:
                                        f"out {r['Out']}" if r["Out"] else "") if x)
             handle = f" #{r['Handle']}" if r["Handle"] is not None else ""
             times = f" x{r['Packets']}" if r.get("Packets", 1) > 1 else ""
+            why = f"  # {r['Comment']}" if r.get("Comment") else ""
             lines.append(f"  {r['Packet']:<7} {r['Table']} {r['Chain']}{handle}: "
                          f"{r['Rule']} -> {r['Verdict']}{times}"
-                         + (f"  [{ifs}]" if ifs else ""))
+                         + (f"  [{ifs}]" if ifs else "") + why)
     if report.get("EventsLost"):
         lines.append("  (some nftables trace events were lost)")
     lines.append(f"verdict: {report['Verdict']}")

@@ -59,6 +59,17 @@ def load(ctl: Controller, global_networks: Iterable[Network] = ()) -> None:
         ctl.store.commit(stale)
 
 
+def _drop_trace_tables() -> None:
+    """Marking tables of a `cnet trace` that a crash interrupted (best effort)."""
+    from cnet.ingress.nftrace import delete_stale_tables
+
+    try:
+        if delete_stale_tables():
+            log.info("removed the nftables tables of an interrupted trace")
+    except Exception as exc:
+        log.warning("could not look for stale trace tables: %s", exc)
+
+
 def reconcile(ctl: Controller) -> None:
     """Make the kernel match the loaded state; best effort, errors are logged."""
     kernel = ctl.kernel
@@ -71,6 +82,7 @@ def reconcile(ctl: Controller) -> None:
     ctl.firewall.reset(
         r for r in (ctl.driver(n).firewall_rules(n) for n in ctl.networks.values()) if r
     )
+    _drop_trace_tables()
     owned: set[str] = set()
     for net in ctl.networks.values():
         eps = ctl.network_endpoints(net.id)
@@ -125,6 +137,7 @@ def cleanup(ctl: Controller) -> list[str]:
         ctl.firewall.delete_table()
     except Exception as exc:
         errors.append(f"nftables: {exc}")
+    _drop_trace_tables()
     try:
         namespaces.remove_dir_mount(kernel.netns_dir)
     except Exception as exc:

@@ -133,8 +133,13 @@ def _match(left: Any, right: Any, op: str = "==") -> dict:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _rule(chain: str, *expr: dict) -> Cmd:
-    return {"add": {"rule": {**_T, "chain": chain, "expr": list(expr)}}}
+def _rule(chain: str, *expr: dict, comment: str | None = None) -> Cmd:
+    """A rule; the fixed rules carry a comment saying why they exist (`nft list ruleset`
+    and `cnet trace` show it)."""
+    rule = {**_T, "chain": chain, "expr": list(expr)}
+    if comment:
+        rule["comment"] = comment
+    return {"add": {"rule": rule}}
 
 
 def _verdict(v: str) -> dict:
@@ -189,7 +194,7 @@ def render_base() -> list[Cmd]:
             "postrouting",
             _match(_meta("iifname"), f"@{SET_MASQ}"),
             _match(_meta("oifname"), f"@{SET_BRIDGES}", "!="),
-            {"masquerade": None},
+            {"masquerade": None}, comment="egress of a network",
         ),
     ]
 
@@ -207,16 +212,21 @@ def render_forward() -> list[Cmd]:
     iif, oif = _meta("iifname"), _meta("oifname")
     to_bridge = _match(oif, f"@{SET_BRIDGES}")
     return [
-        _rule("forward", _match({"concat": [iif, oif]}, f"@{SET_ICC}"), _verdict("accept")),
-        _rule("forward", _match(iif, f"@{SET_BRIDGES}"), to_bridge, _verdict("drop")),
-        _rule("forward", _match(iif, f"@{SET_INTERNAL}"), _verdict("drop")),
-        _rule("forward", _match(oif, f"@{SET_INTERNAL}"), _verdict("drop")),
+        _rule("forward", _match({"concat": [iif, oif]}, f"@{SET_ICC}"), _verdict("accept"),
+              comment="within one network (icc)"),
+        _rule("forward", _match(iif, f"@{SET_BRIDGES}"), to_bridge, _verdict("drop"),
+              comment="isolation between networks"),
+        _rule("forward", _match(iif, f"@{SET_INTERNAL}"), _verdict("drop"),
+              comment="internal network: nothing leaves"),
+        _rule("forward", _match(oif, f"@{SET_INTERNAL}"), _verdict("drop"),
+              comment="internal network: nothing enters"),
         _rule("forward", to_bridge,
               _match({"ct": {"key": "state"}}, ["established", "related"], "in"),
-              _verdict("accept")),
+              _verdict("accept"), comment="replies into a network"),
         _rule("forward", to_bridge, _match({"ct": {"key": "status"}}, "dnat", "in"),
-              _verdict("accept")),
-        _rule("forward", to_bridge, _verdict("drop")),
+              _verdict("accept"), comment="published ports"),
+        _rule("forward", to_bridge, _verdict("drop"),
+              comment="unsolicited traffic into a network"),
     ]
 
 
@@ -249,18 +259,22 @@ def render_publishing() -> list[Cmd]:
     rules = []
     for chain in ("prerouting", "output"):
         rules.append(_rule(chain, _IPV4, local, {"vmap": {
-            "key": {"concat": [_L4PROTO, _DPORT]}, "data": f"@{MAP_PUB_ANY}"}}))
+            "key": {"concat": [_L4PROTO, _DPORT]}, "data": f"@{MAP_PUB_ANY}"}},
+            comment="published ports, any node address"))
         rules.append(_rule(chain, _IPV4, {"vmap": {
-            "key": {"concat": [daddr, _L4PROTO, _DPORT]}, "data": f"@{MAP_PUB_IP}"}}))
+            "key": {"concat": [daddr, _L4PROTO, _DPORT]}, "data": f"@{MAP_PUB_IP}"}},
+            comment="published ports, one node address"))
     rules.append(_rule(
         "postrouting", _match({"ct": {"key": "status"}}, "dnat", "in"),
         _match(_meta("iifname"), f"@{SET_BRIDGES}"),
-        _match(_meta("oifname"), f"@{SET_BRIDGES}"), {"masquerade": None}))
+        _match(_meta("oifname"), f"@{SET_BRIDGES}"), {"masquerade": None},
+        comment="published port reached from a network (hairpin)"))
     rules.append(_rule(
         "postrouting",
         _match({"payload": {"protocol": "ip", "field": "saddr"}},
                {"prefix": {"addr": "127.0.0.0", "len": 8}}),
-        _match(_meta("oifname"), f"@{SET_BRIDGES}"), {"masquerade": None}))
+        _match(_meta("oifname"), f"@{SET_BRIDGES}"), {"masquerade": None},
+        comment="published port reached from the node's loopback"))
     return pub_maps + rules
 
 

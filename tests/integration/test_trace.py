@@ -93,8 +93,11 @@ def test_trace_isolation_drop_names_the_rule(two_nets):
     drops = [r for r in rep["Rules"] if r["Verdict"] == "drop"]
     assert drops, rep["Rules"]
     assert drops[0]["Table"] == "inet cnet" and drops[0]["Chain"] == "forward"
-    assert "@bridges" in drops[0]["Rule"] and drops[0]["Rule"].endswith("drop")
-    assert rep["Verdict"].startswith('dropped by inet cnet forward rule '), rep["Verdict"]
+    assert drops[0]["Rule"] == "iifname @bridges oifname @bridges drop"
+    assert drops[0]["Comment"] == "isolation between networks"
+    assert rep["Verdict"].startswith("dropped by inet cnet forward rule "), rep["Verdict"]
+    assert rep["Verdict"].endswith("(isolation between networks): iifname @bridges "
+                                   "oifname @bridges drop"), rep["Verdict"]
     # routed by the node: the source's route goes to its gateway, the node's to tr2
     assert any("via 10.71.0.1 dev eth0" in s for s in rep["Lookups"]), rep["Lookups"]
     assert any(s.startswith(f"route on the node: {ip_c} dev ") for s in rep["Lookups"])

@@ -1,0 +1,67 @@
+"""`cnet trace` across hosts: a probe from a sandbox on one node to a sandbox on
+another over an overlay names the remote VTEP (the other node's underlay address) in
+the FDB lookup and on the encapsulated hop seen leaving the underlay, and is delivered
+(the echo answered)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import harness
+import pytest
+
+
+@pytest.fixture
+def pair(etcd3):
+    daemons: list[harness.Daemon] = []
+    try:
+        for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
+            d = harness.Daemon(ns, name=f"trace{i + 1}", args=[
+                "--cluster-store", f"etcd://{etcd3.endpoints}", "--advertise-addr", ip,
+                "--node-name", f"trace{i + 1}"])
+            daemons.append(d)
+            d.start()
+        yield daemons
+    finally:
+        for d, name in zip(daemons, ("t1", "t2"), strict=False):
+            d.cli("sandbox", "rm", "-f", name, check=False)
+        if daemons:
+            daemons[0].cli("network", "rm", "trace-ov", check=False)
+        errors = []
+        for d in daemons:
+            errors += harness.shutdown_daemon(d)
+        assert not errors, errors
+
+
+def test_trace_overlay_path_names_the_remote_vtep(pair, etcd3):
+    d1, d2 = pair
+    vtep2 = etcd3.underlay.hosts[1][1]
+    d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet",
+           "10.97.0.0/24", "trace-ov")
+    harness.wait_for(lambda: d2.cli("network", "inspect", "trace-ov",
+                                    check=False).returncode == 0, timeout=5, what="trace-ov")
+    for d, name in ((d1, "t1"), (d2, "t2")):
+        d.cli("sandbox", "create", name)
+        d.cli("network", "connect", "trace-ov", name)
+    ip2 = d2.sandbox_ip("t2", "trace-ov")
+    assert harness.wait_ping(d1.sandbox_key("t1"), ip2)
+    vni = int(d1.cli_json("network", "inspect", "trace-ov")[0]["Options"][
+        "com.docker.network.driver.overlay.vxlanid_list"])
+    proc = subprocess.run([harness.CNET, "-H", d1.host, "trace", "--json", "t1", "t2"],
+                          capture_output=True, text=True, timeout=60)
+    rep = json.loads(proc.stdout)
+    assert proc.returncode == 0, rep["Verdict"]
+    assert rep["DestinationIP"] == ip2  # t2 is remote: resolved as t1's DNS would
+    assert rep["Verdict"].startswith("delivered: t2 answered with echo-reply"), rep["Verdict"]
+    assert any(f"-> remote VTEP {vtep2} (node trace2)" in s for s in rep["Lookups"]), \
+        rep["Lookups"]
+    encapsulated = [h for h in rep["Hops"] if h.get("Vxlan") and h["Packet"] == "request"]
+    assert encapsulated, rep["Hops"]
+    assert encapsulated[0]["Where"] == "node" and encapsulated[0]["Direction"] == "out"
+    assert encapsulated[0]["Vxlan"]["Dst"] == vtep2 and encapsulated[0]["Vxlan"]["VNI"] == vni
+    assert encapsulated[0]["Vxlan"]["DstNode"] == "trace2"
+    where = [h["Where"] for h in rep["Hops"] if h["Packet"] == "request"]
+    assert where.index("t1") < where.index("overlay trace-ov") < where.index("node")
+    assert any(h.get("Vxlan") and h["Packet"] == "reply" and h["Vxlan"]["Src"] == vtep2
+               for h in rep["Hops"])
