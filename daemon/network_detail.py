@@ -121,9 +121,7 @@ def _bridge(app: App, net: Network, names: _Names, nl: Netlink, name: str
     if st is None:
         return {}
     bridge = _link(st)
-    # What the driver put on it (the pools' gateways); osl has no address listing yet.
-    bridge["Addresses"] = [f"{p.gateway}/{p.subnet.split('/')[1]}" for p in net.pools
-                           if p.gateway]
+    bridge["Addresses"] = diag.addresses(nl, st.index)
     ports, port_names = _ports(app, net, nl, st.index)
     port_names[st.index] = name
     return {"Bridge": bridge, "Ports": ports,

@@ -72,6 +72,12 @@ class RouteLookup:
     prefsrc: str | None
 
 
+def addresses(nl: Netlink, ifindex: int) -> list[str]:
+    """The link's IPv4 and IPv6 addresses as CIDRs (`ip addr show dev`)."""
+    return [f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
+            for msg in nl.ipr_call("list addresses", "get_addr", index=ifindex)]
+
+
 def neighbours(nl: Netlink, ifindex: int | None = None) -> list[Neighbour]:
     """IPv4 and IPv6 neighbour entries (of one link, or all), every state."""
     out = []
