@@ -2,7 +2,8 @@
 # cnet walkthrough on a throwaway setup: a "host" network namespace with its own cnetd,
 # the Docker notes' walkthrough with real containers (a localnet bridge network, c1
 # running, c2 reaching it, a web server published on a host port and fetched from the
-# host), then the network layer alone (two sandboxes and a ping). The root namespace's
+# host, its topology and a trace of it), then the network layer alone (two sandboxes, a
+# ping, and a trace blocked by network isolation). The root namespace's
 # interfaces and firewall are never touched; an EXIT trap removes everything.
 set -euo pipefail
 
@@ -41,9 +42,8 @@ cleanup() {
             run "$CNET" rm -f c1 c2 web 2>/dev/null
             run "$CNET" network disconnect localnet s1 2>/dev/null
             run "$CNET" network disconnect localnet s2 2>/dev/null
-            run "$CNET" sandbox rm s1 2>/dev/null
-            run "$CNET" sandbox rm s2 2>/dev/null
-            run "$CNET" network rm localnet 2>/dev/null
+            run "$CNET" sandbox rm -f s1 s2 s3 2>/dev/null
+            run "$CNET" network rm localnet othernet 2>/dev/null
         fi
         bold "\$ kill -TERM $DPID   # stop cnetd"
         kill -TERM "$DPID" 2>/dev/null
@@ -124,6 +124,14 @@ for _ in $(seq 50); do
 done
 say "fetched from the host (its loopback) — DNAT in nftables, no proxy process"
 run nsenter --net="$NSPATH" curl -s -m 2 http://127.0.0.1:5001/
+
+say "the picture: every node, network, container, address and published port"
+run "$CNET" topology
+
+say "trace: c1 -> the published port on its gateway (DNAT to web, delivered)"
+GW=$("$CNET" network inspect localnet | "$BIN/python" -c \
+    'import json,sys; print(json.load(sys.stdin)[0]["IPAM"]["Config"][0]["Gateway"])')
+run "$CNET" trace --proto tcp --port 5001 c1 "$GW"
 run "$CNET" rm -f c1 web
 
 say "the network layer alone: two sandboxes"
@@ -143,3 +151,11 @@ run "$CNET" sandbox exec s1 -- ping -c 3 "$S2_IP"
 
 say "the network"
 run "$CNET" network inspect localnet
+
+say "isolation: s3 on another network; the trace names the nftables rule that drops s1's probe"
+run "$CNET" network create othernet
+run "$CNET" sandbox create s3
+run "$CNET" network connect othernet s3
+S3_IP=$("$CNET" sandbox inspect s3 | "$BIN/python" -c \
+    'import json,sys; print(json.load(sys.stdin)[0]["Networks"]["othernet"]["IPAddress"].split("/")[0])')
+run "$CNET" trace --timeout 0.5 s1 "$S3_IP" || true
