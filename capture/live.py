@@ -396,7 +396,15 @@ def _decode(data: bytes, dns: bool = False) -> dict:
         if c.type in (0, 8):
             out["icmp_id"] = c.id
     elif IPv6 in pkt and ip.nh == 58:
-        out.update(protocol="ICMPv6", info=ip.payload.name.removeprefix("ICMPv6 "))
+        from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
+
+        echo = pkt.getlayer(ICMPv6EchoRequest) or pkt.getlayer(ICMPv6EchoReply)
+        if echo is not None:  # (scapy's reply class derives from its request class)
+            kind = "echo-request" if echo.type == 128 else "echo-reply"
+            out.update(protocol="ICMPv6", info=f"{kind} id={echo.id} seq={echo.seq}",
+                       icmp_id=echo.id)
+        else:
+            out.update(protocol="ICMPv6", info=ip.payload.name.removeprefix("ICMPv6 "))
     else:
         out["info"] = out["info"] or f"proto {ip.proto if IP in pkt else ip.nh}"
     return out

@@ -114,7 +114,7 @@ def observe(plan: Plan, timeout: float) -> Observed:
 def _role(plan: Plan, ident: int, f: dict) -> str | None:
     """`request`, `reply`, or None (not the probe's)."""
     if plan.proto == "icmp":
-        if f.get("icmp_id") != ident or f.get("protocol") != "ICMP":
+        if f.get("icmp_id") != ident or f.get("protocol") not in ("ICMP", "ICMPv6"):
             return None
         return "request" if "echo-request" in f["info"] else "reply"
     if f.get("protocol") not in ("TCP", "UDP", "DNS"):
@@ -125,17 +125,24 @@ def _role(plan: Plan, ident: int, f: dict) -> str | None:
 
 
 def _header_fields(ev: nftrace.TraceEvent) -> dict | None:
-    """The trace event's packet as decode() would describe it (IPv4 only)."""
+    """The trace event's packet as decode() would describe it (enough for _role)."""
     net, l4 = ev.network, ev.transport
-    if len(net) < 20 or net[0] >> 4 != 4:
+    if len(net) >= 20 and net[0] >> 4 == 4:
+        proto = net[9]
+        f: dict = {"src": socket.inet_ntoa(net[12:16]), "dst": socket.inet_ntoa(net[16:20])}
+        echo = {8: "echo-request", 0: "echo-reply"} if proto == 1 else {}
+    elif len(net) >= 40 and net[0] >> 4 == 6:
+        proto = net[6]
+        f = {"src": socket.inet_ntop(socket.AF_INET6, net[8:24]),
+             "dst": socket.inet_ntop(socket.AF_INET6, net[24:40])}
+        echo = {128: "echo-request", 129: "echo-reply"} if proto == 58 else {}
+    else:
         return None
-    proto = net[9]
-    f: dict = {"src": socket.inet_ntoa(net[12:16]), "dst": socket.inet_ntoa(net[16:20])}
-    if proto == 1 and len(l4) >= 8:
+    if proto in (1, 58) and len(l4) >= 8:
         kind = l4[0]
-        f.update(protocol="ICMP", info="echo-request" if kind == 8 else
-                 "echo-reply" if kind == 0 else f"type {kind}")
-        if kind in (0, 8):
+        f.update(protocol="ICMP" if proto == 1 else "ICMPv6",
+                 info=echo.get(kind, f"type {kind}"))
+        if kind in echo:
             f["icmp_id"] = int.from_bytes(l4[4:6], "big")
     elif proto in (6, 17) and len(l4) >= 4:
         f.update(protocol="TCP" if proto == 6 else "UDP",

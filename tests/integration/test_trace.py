@@ -163,3 +163,26 @@ def test_trace_bad_input_one_line_errors(two_nets):
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and msg in errors[0], (args, proc.stderr)
     assert _trace_tables(d) == []
+
+
+def test_trace_udp_and_ipv6(daemon):
+    d = daemon
+    d.cli("network", "create", "--ipv6", "--subnet", "10.73.0.0/24", "--subnet",
+          "fd00:73::/64", "tr6")
+    for name in ("x", "y"):
+        d.cli("sandbox", "create", name)
+        d.cli("network", "connect", "tr6", name)
+    # UDP to a port nobody listens on: delivered, answered by an ICMP port unreachable
+    rc, rep = _trace(d, "x", "y", "--proto", "udp", "--port", "9999")
+    assert rc == 0, rep["Verdict"]
+    assert rep["Answer"]["What"] == "ICMP port unreachable (nothing listening)"
+    assert ("y", "eth0", "in") in _hops(rep)
+    # ICMPv6 echo to y's IPv6 address
+    ip6 = d.sandbox_ip("y", "tr6", v6=True)
+    assert harness.ping(d.sandbox_key("x"), ip6)
+    rc, rep = _trace(d, "x", ip6)
+    assert rc == 0, rep["Verdict"]
+    assert rep["Verdict"].startswith("delivered to y (eth0)"), rep["Verdict"]
+    assert rep["Answer"]["What"] == "echo-reply"
+    assert ("y", "eth0", "in") in _hops(rep) and ("x", "eth0", "in") in _hops(rep, "reply")
+    assert _trace_tables(d) == []
