@@ -22,6 +22,7 @@ ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 SO_TIMESTAMPNS = 35
+PACKET_OTHERHOST = 3  # a frame for another MAC (a promiscuous port, a flooded frame)
 PACKET_OUTGOING = 4
 RCVBUF = 16 << 20
 BUFSIZE = 262144
@@ -50,6 +51,7 @@ class Packet:
     outgoing: bool
     orig_len: int
     ifname: str = ""  # the interface it was seen on
+    pkttype: int = 0  # PACKET_HOST, PACKET_OTHERHOST, PACKET_OUTGOING, ...
 
 
 def compile_bpf(expr: str):
@@ -184,7 +186,7 @@ def _drain(sock: socket.socket, target: Target, anc: int, limit: int = 256
                 sec, nsec = struct.unpack("qq", value[:16])
                 ts_ns = sec * 1_000_000_000 + nsec
         out.append(Packet(target, ts_ns or time.time_ns(), data,
-                          addr[2] == PACKET_OUTGOING, len(data), addr[0]))
+                          addr[2] == PACKET_OUTGOING, len(data), addr[0], addr[2]))
     return out
 
 

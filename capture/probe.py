@@ -27,9 +27,28 @@ PROTOS = ("icmp", "tcp", "udp")
 
 @dataclass
 class Answer:
-    answered: bool  # something came back from the destination (or a router on the way)
+    """What came back. `kind`: `answer` (the destination answered: echo-reply, SYN-ACK,
+    RST, a UDP reply or port unreachable), `error` (an ICMP error or a local one: the
+    destination was not reached), `none`."""
+
+    kind: str
     what: str  # "echo-reply", "SYN-ACK (port open)", "RST (port closed)", "no answer", ...
     rtt_ms: float | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.kind == "answer"
+
+
+def _source_for(family: int, dst: str) -> str | None:
+    """The address the kernel would send from to `dst` (a connected UDP socket sends
+    nothing); None when there is no route."""
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((dst, 9))
+        except OSError:
+            return None
+        return s.getsockname()[0]
 
 
 def _checksum(data: bytes) -> int:
@@ -50,21 +69,32 @@ class Probe:
         self.netns, self.proto, self.dst, self.port = netns, proto, dst, port
         self.v6 = ":" in dst
         self.ident = 0
+        self.src: str | None = None  # the source address the kernel picks (None: no route)
         self._sock: socket.socket | None = None
         self._sent = 0.0
 
     def open(self) -> Probe:
+        """Make the probe's socket inside the namespace, bound to the source address
+        the kernel would pick for DST (so that the probe's flow is known exactly
+        before it is sent); raises OSError when the namespace cannot be entered."""
         family = socket.AF_INET6 if self.v6 else socket.AF_INET
         with in_netns(self.netns):
+            self.src = _source_for(family, self.dst)
             if self.proto == "icmp":
                 proto = socket.IPPROTO_ICMPV6 if self.v6 else socket.IPPROTO_ICMP
                 sock = socket.socket(family, socket.SOCK_RAW, proto)
-                self.ident = int.from_bytes(os.urandom(2), "big") or 1
             else:
                 kind = socket.SOCK_STREAM if self.proto == "tcp" else socket.SOCK_DGRAM
                 sock = socket.socket(family, kind)
-                sock.bind(("::" if self.v6 else "0.0.0.0", 0))
-                self.ident = sock.getsockname()[1]
+            try:
+                sock.bind((self.src or ("::" if self.v6 else "0.0.0.0"), 0))
+                if self.proto == "icmp":
+                    self.ident = int.from_bytes(os.urandom(2), "big") or 1
+                else:
+                    self.ident = sock.getsockname()[1]
+            except BaseException:
+                sock.close()
+                raise
         sock.setblocking(False)
         self._sock = sock
         return self
@@ -112,7 +142,7 @@ class Probe:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return Answer(False, "no answer")
+                return Answer("none", "no answer")
             want_write = self.proto == "tcp"
             r, w, _ = select.select([] if want_write else [self._sock],
                                     [self._sock] if want_write else [], [], left)
@@ -131,23 +161,22 @@ class Probe:
         if self.proto == "tcp":
             err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err == 0:
-                return Answer(True, "SYN-ACK (port open)")
+                return Answer("answer", "SYN-ACK (port open)")
             if err == errno.ECONNREFUSED:
-                return Answer(True, "RST (port closed)")
-            return Answer(err in (errno.EHOSTUNREACH, errno.ENETUNREACH),
-                          f"error: {os.strerror(err)}")
+                return Answer("answer", "RST (port closed)")
+            return Answer("error", os.strerror(err))
         if self.proto == "udp":
             try:
                 self._sock.recv(4096)
-                return Answer(True, "UDP reply")
+                return Answer("answer", "UDP reply")
             except ConnectionRefusedError:
-                return Answer(True, "ICMP port unreachable (nothing listening)")
+                return Answer("answer", "ICMP port unreachable (nothing listening)")
             except BlockingIOError:
                 return None
             except OSError as exc:
-                return Answer(True, f"error: {exc.strerror}")
+                return Answer("error", exc.strerror or str(exc))
         try:
-            data, _ = self._sock.recvfrom(4096)
+            data, sender = self._sock.recvfrom(4096)
         except BlockingIOError:
             return None
         icmp = data if self.v6 else data[(data[0] & 0x0F) * 4:]  # v4 raw has the IP header
@@ -156,11 +185,12 @@ class Probe:
         kind = icmp[0]
         ident = struct.unpack_from("!H", icmp, 4)[0]
         if kind == (ICMP6_ECHO_REPLY if self.v6 else ICMP_ECHO_REPLY) and ident == self.ident:
-            return Answer(True, "echo-reply")
+            return Answer("answer", "echo-reply")
         if kind in ((ICMP6_UNREACH,) if self.v6 else (ICMP_UNREACH, ICMP_TIME_EXCEEDED)):
             # the offending packet's header (IPv6: 40 bytes), then its ICMP header
             inner = icmp[48:] if self.v6 else icmp[8 + (icmp[8] & 0x0F) * 4:]
             if len(inner) >= 8 and struct.unpack_from("!H", inner, 4)[0] == self.ident:
-                return Answer(True, "ICMP destination unreachable" if kind in (
-                    ICMP_UNREACH, ICMP6_UNREACH) else "ICMP time exceeded")
+                what = "ICMP destination unreachable" if kind in (
+                    ICMP_UNREACH, ICMP6_UNREACH) else "ICMP time exceeded"
+                return Answer("error", f"{what} from {sender[0]}")
         return None  # someone else's ICMP

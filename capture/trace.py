@@ -24,7 +24,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from cnet.capture.live import ANY, LiveCapture, Packet, Target, decode
+from cnet.capture.live import ANY, PACKET_OTHERHOST, LiveCapture, Packet, Target, decode
 from cnet.capture.probe import Answer, Probe
 from cnet.cnm.osl import diag
 from cnet.cnm.osl.netlink import Netlink
@@ -40,6 +40,8 @@ class Place:
     netns: str
     label: str  # "web", "node", "overlay prod"
     interfaces: dict[str, str] = field(default_factory=dict)  # ifname -> what it is
+    addresses: dict[str, frozenset[str]] = field(default_factory=dict)  # a sandbox's
+    sandbox: bool = False  # an end host: a copy arriving here for its address is delivered
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,22 @@ class Plan:
     port: int | None
     places: list[Place]
     node_netns: str
-    bridge: Bridge | None  # the source's first hop, for the FDB lookups
+    src_bridges: dict[str, Bridge] = field(default_factory=dict)  # SRC ifname -> its bridge
     node_bridges: dict[str, Bridge] = field(default_factory=dict)  # ifname -> bridge
+    node_addrs: frozenset[str] = frozenset()  # the node's own addresses
     names: dict[str, str] = field(default_factory=dict)  # address -> container/node
     vxlan_ports: frozenset[int] = frozenset({4789})
-    sandboxes: dict[str, str] = field(default_factory=dict)  # netns -> sandbox name
 
 
 @dataclass
 class Observed:
     ident: int
+    src_ip: str | None  # the probe's source address (None: SRC had no route)
     send_error: str | None
     answer: Answer
     packets: list[Packet]
     events: list[nftrace.TraceEvent]
-    rules: dict[tuple[str, str, int], str]
-    trace_table: str
+    rules: dict[nftrace.RuleKey, str]
     events_lost: bool = False
 
 
@@ -94,34 +96,56 @@ def _bpf(plan: Plan, ident: int) -> str:
 def observe(plan: Plan, timeout: float) -> Observed:
     """Send the probe with every observer listening; return what they saw."""
     with Probe(plan.src_netns, plan.proto, plan.dst_ip, plan.port) as probe:
-        matches = nftrace.flow_matches(plan.proto, probe.ident, ":" in plan.dst_ip)
+        matches = nftrace.flow_matches(plan.proto, probe.ident, probe.src,
+                                       ":" in plan.dst_ip)
         targets = [Target(p.netns, ANY, p.label) for p in plan.places]
-        with nftrace.TraceMonitor() as monitor, nftrace.TraceTable(matches) as table, \
+        with nftrace.TraceMonitor() as monitor, nftrace.TraceTable(matches), \
                 LiveCapture(targets, _bpf(plan, probe.ident)) as cap:
             error = probe.send()
-            answer = Answer(False, error) if error else probe.wait(timeout)
+            answer = Answer("error", error) if error else probe.wait(timeout)
             time.sleep(GRACE)
             events = monitor.collect(0.02)
             packets = cap.pending()
             rules = nftrace.rule_texts() if events else {}
-            return Observed(probe.ident, error, answer, packets, events, rules,
-                            table.name, monitor.lost)
+            return Observed(probe.ident, probe.src, error, answer, packets, events, rules,
+                            monitor.lost)
 
 
 # -- who is the probe --------------------------------------------------------------
 
 
-def _role(plan: Plan, ident: int, f: dict) -> str | None:
-    """`request`, `reply`, or None (not the probe's)."""
-    if plan.proto == "icmp":
-        if f.get("icmp_id") != ident or f.get("protocol") not in ("ICMP", "ICMPv6"):
+@dataclass(frozen=True)
+class Identity:
+    """Which packets are the probe's: its identifier (ICMP id or the probe's own port)
+    and addresses. A request comes from SRC's address (or from a node address after
+    masquerade, to the destination); an answer goes back to SRC's address (or to a
+    node address, from the destination). Another flow that happens to use the same
+    port number elsewhere is not the probe."""
+
+    ident: int
+    proto: str
+    src: str | None
+    far: frozenset[str]  # the destination, and its DNAT target once known
+    node: frozenset[str]
+
+    def role(self, f: dict) -> str | None:
+        """`request`, `reply`, or None (not the probe's)."""
+        if self.proto == "icmp":
+            if f.get("icmp_id") != self.ident or f.get("protocol") not in ("ICMP", "ICMPv6"):
+                return None
+            role = "request" if "echo-request" in f["info"] else "reply"
+        elif f.get("protocol") not in ("TCP", "UDP", "DNS"):
             return None
-        return "request" if "echo-request" in f["info"] else "reply"
-    if f.get("protocol") not in ("TCP", "UDP", "DNS"):
+        elif f.get("sport") == self.ident:
+            role = "request"
+        elif f.get("dport") == self.ident:
+            role = "reply"
+        else:
+            return None
+        mine, other = (f["src"], f["dst"]) if role == "request" else (f["dst"], f["src"])
+        if mine == self.src or (mine in self.node and other in self.far):
+            return role
         return None
-    if f.get("sport") == ident:
-        return "request"
-    return "reply" if f.get("dport") == ident else None
 
 
 def _header_fields(ev: nftrace.TraceEvent) -> dict | None:
@@ -158,7 +182,10 @@ def _hop(place: Place | None, pkt: Packet, f: dict, role: str) -> dict:
     flow = f"{f['src']} -> {f['dst']} {f['protocol']} {f['info']}".rstrip()
     hop = {"Time": 0.0, "Where": pkt.target.label,
            "Interface": pkt.ifname, "What": what,
-           "Direction": "out" if pkt.outgoing else "in", "Packet": role, "Flow": flow}
+           "Direction": "out" if pkt.outgoing else "in", "Packet": role, "Flow": flow,
+           "To": f["dst"]}
+    if place is not None and place.sandbox and pkt.pkttype == PACKET_OTHERHOST:
+        hop["Flooded"] = True  # a copy the bridge flooded: not addressed to this host
     if "outer" in f:
         o = f["outer"]
         hop["Vxlan"] = {"Src": o["src"], "Dst": o["dst"], "VNI": o["vni"],
@@ -200,7 +227,7 @@ def _rank(plan: Plan, place: Place | None, role: str, hop: dict) -> tuple[int, i
     return where, inside
 
 
-def hops(plan: Plan, obs: Observed) -> list[dict]:
+def hops(plan: Plan, obs: Observed, who: Identity) -> list[dict]:
     """Every copy of the probe and its answer, in path order: copies of one packet
     grouped (the kernel's timestamps are not comparable across namespaces: a frame
     keeps the one it was given when it entered a namespace), packets in time order."""
@@ -210,7 +237,7 @@ def hops(plan: Plan, obs: Observed) -> list[dict]:
     copies: dict[tuple, int] = {}
     for pkt in sorted(obs.packets, key=lambda p: p.ts_ns):
         f = decode(pkt.data, names=plan.names, vxlan_ports=plan.vxlan_ports)
-        role = _role(plan, obs.ident, f)
+        role = who.role(f)
         if role is None:
             continue
         place = places.get(pkt.target.netns)
@@ -229,19 +256,20 @@ def hops(plan: Plan, obs: Observed) -> list[dict]:
     return [s[3] for s in seen]
 
 
-def rules(plan: Plan, obs: Observed, ifnames: dict[int, str]) -> list[dict]:
+def rules(obs: Observed, who: Identity, ifnames: dict[int, str]) -> list[dict]:
     """The nftables rules (and deciding policies) the probe and its answer met, in
-    order; the marking table itself left out."""
+    order; marking tables (this trace's and any other running) left out."""
     role_of: dict[int, str] = {}
     out: list[dict] = []
     seen: dict[tuple, dict] = {}
     for ev in obs.events:
-        if ev.table == obs.trace_table:
+        if ev.table.startswith(nftrace.TRACE_TABLE_PREFIX):
             continue
         fields = _header_fields(ev)
         if fields is not None:
-            role = _role(plan, obs.ident, fields)
+            role = who.role(fields)
             if role is None:
+                role_of.pop(ev.id, None)  # the id now tags someone else's packet
                 continue
             role_of[ev.id] = role
         role = role_of.get(ev.id)
@@ -251,14 +279,16 @@ def rules(plan: Plan, obs: Observed, ifnames: dict[int, str]) -> list[dict]:
             continue  # no rule decided: the chain let it pass
         if ev.type == "return" or (ev.type == "rule" and ev.handle is None):
             continue
-        text, comment = _comment(obs.rules.get((ev.table, ev.chain, ev.handle or -1), ""))
+        family = nftrace.FAMILIES.get(ev.family, str(ev.family))
+        text, comment = _comment(obs.rules.get((family, ev.table, ev.chain, ev.handle or -1),
+                                               ""))
         if ev.type == "policy":
             text = f"policy {ev.verdict}"
         key = (role, ev.table, ev.chain, ev.handle, ev.verdict, ev.iif, ev.oif)
         if key in seen:  # the same rule for the next packet of the flow: counted
             seen[key]["Packets"] += 1
             continue
-        out.append({"Packet": role, "Table": f"{_family(ev.family)} {ev.table}",
+        out.append({"Packet": role, "Table": f"{family} {ev.table}",
                     "Chain": ev.chain, "Handle": ev.handle, "Rule": text, "Comment": comment,
                     "Verdict": ev.verdict + (f" {ev.target}" if ev.target else ""),
                     "In": ifnames.get(ev.iif or 0, ""), "Out": ifnames.get(ev.oif or 0, ""),
@@ -277,11 +307,6 @@ def _comment(text: str) -> tuple[str, str | None]:
     return (text[:m.start()], m.group(1)) if m else (text, None)
 
 
-def _family(nfproto: int) -> str:
-    return {1: "inet", 2: "ip", 10: "ip6", 7: "bridge", 3: "arp", 5: "netdev"}.get(
-        nfproto, str(nfproto))
-
-
 def dnat_target(rule_list: list[dict], plan: Plan) -> str | None:
     """The destination address after DNAT, if a rule rewrote the probe's."""
     for r in rule_list:
@@ -290,6 +315,21 @@ def dnat_target(rule_list: list[dict], plan: Plan) -> str | None:
             if dst != plan.dst_ip:
                 return dst
     return None
+
+
+def identity(plan: Plan, obs: Observed, ifnames: dict[int, str]
+             ) -> tuple[Identity, list[dict], str | None]:
+    """Who the probe is, the rules it met, and its DNAT target (if any): the rules
+    tell the DNAT target, which then also identifies the probe's copies after it."""
+    who = Identity(obs.ident, plan.proto, obs.src_ip, frozenset({plan.dst_ip}),
+                   plan.node_addrs)
+    rule_list = rules(obs, who, ifnames)
+    dnat = dnat_target(rule_list, plan)
+    if dnat is not None:
+        who = Identity(obs.ident, plan.proto, obs.src_ip, frozenset({plan.dst_ip, dnat}),
+                       plan.node_addrs)
+        rule_list = rules(obs, who, ifnames)
+    return who, rule_list, dnat
 
 
 # -- lookups ----------------------------------------------------------------------
@@ -339,20 +379,21 @@ def lookups(kernel_handle, plan: Plan, dnat: str | None) -> tuple[list[str], boo
                    + (f" ({neigh.state})" if neigh else ""))
         return out, True
     out.append(f"neighbour in {plan.src}: {hop_ip} is {neigh.mac} ({neigh.state})")
-    if plan.bridge is None:
+    bridge = plan.src_bridges.get(dev)  # where the route's interface is plugged in
+    if bridge is None:
         return out, True
-    nl = kernel_handle(plan.bridge.netns)
+    nl = kernel_handle(bridge.netns)
     names = {link.index: link.ifname for link in nl.links()}
-    text, entry = _bridge_lookup(nl, plan.bridge.name, neigh.mac, names)
+    text, entry = _bridge_lookup(nl, bridge.name, neigh.mac, names)
     out.append(text)
-    if entry is not None and plan.bridge.vtep and names.get(entry.port) == plan.bridge.vtep:
+    if entry is not None and bridge.vtep and names.get(entry.port) == bridge.vtep:
         for e in diag.bridge_fdb(nl, port=entry.port):
             if e.mac == neigh.mac and e.dst:
                 node = plan.names.get(e.dst)
-                out.append(f"VTEP {plan.bridge.vtep}: {neigh.mac} -> remote VTEP {e.dst}"
+                out.append(f"VTEP {bridge.vtep}: {neigh.mac} -> remote VTEP {e.dst}"
                            + (f" (node {node})" if node else ""))
-    if entry is not None and (entry.port == nl.index(plan.bridge.name)
-                              or entry.kind == "local") and plan.bridge.netns == plan.node_netns:
+    if entry is not None and (entry.port == nl.index(bridge.name)
+                              or entry.kind == "local") and bridge.netns == plan.node_netns:
         out += _node_lookups(kernel_handle(plan.node_netns), plan, dnat or plan.dst_ip)
     return out, True
 
@@ -388,32 +429,48 @@ def _node_lookups(nl: Netlink, plan: Plan, dst: str) -> list[str]:
 # -- verdict ------------------------------------------------------------------------
 
 
-def verdict(plan: Plan, obs: Observed, hop_list: list[dict], rule_list: list[dict],
-            routed: bool) -> tuple[str, bool]:
-    """One line (delivered / dropped by RULE / no route / no answer) and whether the
-    probe was delivered."""
-    if obs.send_error or not routed:
-        why = obs.send_error or "no route"
-        return f"no route: {plan.src} cannot send to {plan.dst_ip} ({why})", False
+def _drop(rule_list: list[dict], packet: str) -> str | None:
     for r in rule_list:
-        if r["Packet"] == "request" and r["Verdict"] == "drop":
+        if r["Packet"] == packet and r["Verdict"] == "drop":
             where = f"{r['Table']} {r['Chain']}"
             if r["Rule"].startswith("policy"):
-                return f"dropped by {where} {r['Rule']}", False
+                return f"{where} {r['Rule']}"
             why = f" ({r['Comment']})" if r["Comment"] else ""
-            return f"dropped by {where} rule {r['Handle']}{why}: {r['Rule']}", False
+            return f"{where} rule {r['Handle']}{why}: {r['Rule']}"
+    return None
+
+
+def verdict(plan: Plan, places: list[Place], obs: Observed, hop_list: list[dict],
+            rule_list: list[dict], routed: bool, dnat: str | None) -> tuple[str, bool]:
+    """One line (delivered / dropped by RULE / no route / unreachable / no answer) and
+    whether the probe was delivered: seen arriving at a local sandbox on an interface
+    holding the destination (or DNAT target) address, or answered by the destination."""
+    if not routed or obs.src_ip is None:
+        why = f" ({obs.send_error})" if obs.send_error else ""
+        return f"no route: {plan.src} has no route to {plan.dst_ip}{why}", False
+    dropped = _drop(rule_list, "request")
+    if dropped:
+        return f"dropped by {dropped}", False
+    targets = {plan.dst_ip} | ({dnat} if dnat else set())
+    holders = {p.label: p for p in places if p.sandbox}
     arrived = [h for h in hop_list if h["Packet"] == "request" and h["Direction"] == "in"
-               and h["Where"] not in ("node", plan.src) and not h["Where"].startswith(
-                   "overlay ")]
+               and not h.get("Flooded") and h["To"] in targets and h["Where"] in holders
+               and h["To"] in holders[h["Where"]].addresses.get(h["Interface"], ())]
     answer = obs.answer
+    took = f" after {answer.rtt_ms} ms" if answer.rtt_ms is not None else ""
     if arrived:
-        where = arrived[0]["Where"]
-        extra = f"{answer.what}" + (f" after {answer.rtt_ms} ms" if answer.rtt_ms else "")
-        return f"delivered to {where} ({arrived[0]['Interface']}); answer: {extra}", True
+        where = f"{arrived[0]['Where']} ({arrived[0]['Interface']})"
+        if answer.answered:
+            return f"delivered to {where}; answer: {answer.what}{took}", True
+        reply_drop = _drop(rule_list, "reply")
+        if reply_drop:
+            return f"delivered to {where}; its answer was dropped by {reply_drop}", True
+        return f"delivered to {where}; answer: {answer.what}", True
     if answer.answered:
         who = plan.dst_name or plan.dst_ip
-        return (f"delivered: {who} answered with {answer.what} after {answer.rtt_ms} ms",
-                True)
+        return f"delivered: {who} answered with {answer.what}{took}", True
+    if answer.kind == "error":
+        return f"unreachable: {answer.what}", False
     last = [h for h in hop_list if h["Packet"] == "request"]
     seen = f"; last seen {last[-1]['Direction']} on {last[-1]['Where']} " \
            f"{last[-1]['Interface']}" if last else "; never seen leaving"

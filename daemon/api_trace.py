@@ -7,12 +7,12 @@ waits for an answer, runs on the request's thread.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from cnet.capture import trace
 from cnet.capture.live import CaptureError
-from cnet.cnm.errors import InvalidParameter, NotFound
+from cnet.cnm.errors import CnetError, Conflict, InvalidParameter, NotFound
+from cnet.cnm.osl import diag
 from cnet.daemon.api import Request, route
 from cnet.daemon.api_capture import OVERLAY_BRIDGE, OVERLAY_VTEP, _names
 from cnet.daemon.app import App
@@ -99,7 +99,38 @@ def _interfaces(app: App, nl, net_label: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def make_plan(app: App, src: str, dst: str, proto: str, port: int | None) -> trace.Plan:
+def _node_names(app: App) -> dict[str, str]:
+    """Underlay address -> node name (read off the kernel worker: it asks etcd)."""
+    if app.cluster is None:
+        return {}
+    try:
+        return {n["Addr"]: n["Name"] for n in app.cluster.nodes() if n.get("Addr")}
+    except Exception:  # the store unreachable: nodes stay unnamed
+        return {}
+
+
+def _has_netns(kernel, sb) -> bool:
+    """The sandbox's namespace is there (a runtime's, for an external sandbox)."""
+    if sb.external:
+        return kernel.runtime_netns_problem(sb.key) is None
+    return kernel.is_netns(sb.key)
+
+
+def _sandbox_place(ctl, sb) -> trace.Place:
+    what: dict[str, str] = {}
+    addrs: dict[str, frozenset[str]] = {}
+    for ep_id in sb.endpoints:
+        ep = ctl.endpoints.get(ep_id)
+        net = ctl.networks.get(ep.network_id) if ep else None
+        if ep and ep.ifname and net:
+            mine = [a for a in (_ip(ep.ipv4), _ip(ep.ipv6)) if a]
+            what[ep.ifname] = f"{net.name} {' '.join(mine)}".rstrip()
+            addrs[ep.ifname] = frozenset(mine)
+    return trace.Place(sb.key, sb.name, what, addrs, sandbox=True)
+
+
+def make_plan(app: App, src: str, dst: str, proto: str, port: int | None,
+              node_names: dict[str, str]) -> trace.Plan:
     ctl = app.controller
     kernel = ctl.ctx.netlink
     try:
@@ -107,33 +138,17 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None) -> tra
     except NotFound:
         raise NotFound(f'no such container or sandbox: "{src}" (a running one is needed '
                        "to send from)") from None
+    if not _has_netns(kernel, src_sb):
+        raise Conflict(f"sandbox {src_sb.name} has no network namespace")
     dst_ip, dst_name = _destination(app, src_sb, dst)
     names, vxlan_ports = _names(app)
-    if app.cluster is not None:
-        try:
-            for node in app.cluster.nodes():
-                if node.get("Addr"):
-                    names.setdefault(node["Addr"], node["Name"])
-        except Exception:  # the store unreachable: nodes stay unnamed
-            pass
+    for addr, name in node_names.items():
+        names.setdefault(addr, name)
     node_path = kernel.host_netns_path
-    places: list[trace.Place] = []
-    sandboxes: dict[str, str] = {}
-    for sb in ctl.sandboxes.values():
-        if not kernel.is_netns(sb.key) and not sb.external:
-            continue
-        what = {}
-        for ep_id in sb.endpoints:
-            ep = ctl.endpoints.get(ep_id)
-            net = ctl.networks.get(ep.network_id) if ep else None
-            if ep and ep.ifname and net:
-                what[ep.ifname] = f"{net.name} {_ip(ep.ipv4) or _ip(ep.ipv6) or ''}".rstrip()
-        place = trace.Place(sb.key, sb.name, what)
-        sandboxes[sb.key] = sb.name
-        (places.insert(0, place) if sb.id == src_sb.id else places.append(place))
-    # the source's first hop: the bridge its route to DST leaves through is found after
-    # the probe; here, the bridge of each of its endpoints' networks
-    bridge = None
+    places = [_sandbox_place(ctl, src_sb)]
+    places += [_sandbox_place(ctl, sb) for sb in ctl.sandboxes.values()
+               if sb.id != src_sb.id and _has_netns(kernel, sb)]
+    src_bridges: dict[str, trace.Bridge] = {}
     node_bridges: dict[str, trace.Bridge] = {}
     node_labels: dict[str, str] = {}
     for net in ctl.networks.values():
@@ -144,7 +159,7 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None) -> tra
     for ep_id in src_sb.endpoints:
         ep = ctl.endpoints.get(ep_id)
         net = ctl.networks.get(ep.network_id) if ep else None
-        if net is None:
+        if net is None or ep is None or not ep.ifname:
             continue
         candidate = None
         if net.driver == "overlay":
@@ -159,19 +174,16 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None) -> tra
                 candidate = trace.Bridge(path, OVERLAY_BRIDGE, OVERLAY_VTEP)
         elif net.driver_state.get("bridge") in node_bridges:
             candidate = node_bridges[net.driver_state["bridge"]]
-        if candidate is not None and (bridge is None or _on_subnet(net, dst_ip)):
-            bridge = candidate
+        if candidate is not None:
+            src_bridges[ep.ifname] = candidate
     places.append(trace.Place(node_path, "node", _interfaces(app, kernel.host, node_labels)))
+    node_addrs = frozenset(cidr.split("/")[0] for link in kernel.host.links()
+                           for cidr in diag.addresses(kernel.host, link.index))
     return trace.Plan(src=src_sb.name, src_netns=src_sb.key, dst=dst, dst_ip=dst_ip,
                       dst_name=dst_name, proto=proto, port=port, places=places,
-                      node_netns=node_path, bridge=bridge, node_bridges=node_bridges,
-                      names=names, vxlan_ports=frozenset(vxlan_ports), sandboxes=sandboxes)
-
-
-def _on_subnet(net, ip: str) -> bool:
-    addr = ipaddress.ip_address(ip)
-    return any(addr in ipaddress.ip_network(p.subnet, strict=False) for p in net.pools
-               if p.subnet)
+                      node_netns=node_path, src_bridges=src_bridges,
+                      node_bridges=node_bridges, node_addrs=node_addrs, names=names,
+                      vxlan_ports=frozenset(vxlan_ports))
 
 
 def analyse(app: App, plan: trace.Plan, obs: trace.Observed) -> dict[str, Any]:
@@ -181,15 +193,18 @@ def analyse(app: App, plan: trace.Plan, obs: trace.Observed) -> dict[str, Any]:
         return kernel.host if path == plan.node_netns else kernel.sandbox(path)
 
     ifnames = {link.index: link.ifname for link in kernel.host.links()}
-    rule_list = trace.rules(plan, obs, ifnames)
-    hop_list = trace.hops(plan, obs)
-    steps, routed = trace.lookups(handle, plan, trace.dnat_target(rule_list, plan))
-    line, delivered = trace.verdict(plan, obs, hop_list, rule_list, routed)
+    who, rule_list, dnat = trace.identity(plan, obs, ifnames)
+    hop_list = trace.hops(plan, obs, who)
+    steps, routed = trace.lookups(handle, plan, dnat)
+    line, delivered = trace.verdict(plan, plan.places, obs, hop_list, rule_list, routed,
+                                    dnat)
     return {
         "Source": plan.src, "Destination": plan.dst, "DestinationIP": plan.dst_ip,
         "DestinationName": plan.dst_name, "Protocol": plan.proto, "Port": plan.port,
-        "ProbeId": obs.ident, "Lookups": steps, "Hops": hop_list, "Rules": rule_list,
-        "Answer": {"Answered": obs.answer.answered, "What": obs.answer.what,
+        "ProbeId": obs.ident, "ProbeSource": obs.src_ip, "Lookups": steps,
+        "Hops": hop_list, "Rules": rule_list,
+        "Answer": {"Answered": obs.answer.answered, "Kind": obs.answer.kind,
+                   "What": obs.answer.what,
                    "RttMs": obs.answer.rtt_ms},
         "EventsLost": obs.events_lost, "Delivered": delivered, "Verdict": line,
     }
@@ -198,9 +213,12 @@ def analyse(app: App, plan: trace.Plan, obs: trace.Observed) -> dict[str, Any]:
 @route("POST", "/trace", worker=False)
 def trace_probe(app: App, req: Request) -> tuple[int, Any]:
     src, dst, proto, port, timeout = _parse(req.body or {})
-    plan = app.worker.run(make_plan, app, src, dst, proto, port)
+    plan = app.worker.run(make_plan, app, src, dst, proto, port, _node_names(app))
     try:
         obs = trace.observe(plan, timeout)
     except (CaptureError, TraceError) as exc:
-        raise InvalidParameter(str(exc)) from None
+        raise CnetError(f"trace failed: {exc}") from None
+    except OSError as exc:  # the source's namespace went away under us
+        raise CnetError(f"trace failed: cannot send from {plan.src}: "
+                        f"{exc.strerror or exc}") from None
     return 200, app.worker.run(analyse, app, plan, obs)

@@ -77,15 +77,25 @@ def _match(left: Any, right: Any) -> dict:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def flow_matches(proto: str, ident: int, v6: bool = False) -> list[list[dict]]:
-    """The nft match expressions of a probe flow, one list per rule: ICMP(v6) echo by
-    its identifier, TCP/UDP by the probe's own port (either direction)."""
+def flow_matches(proto: str, ident: int, src: str | None, v6: bool = False
+                 ) -> list[list[dict]]:
+    """The nft match expressions of a probe flow, one list per rule: the probe from
+    its source address (an ICMP(v6) echo request by its identifier, TCP/UDP by its own
+    source port), and answers to it (echo replies with that identifier, packets to
+    that port: an answer may come back to a masquerading address)."""
+    ip = "ip6" if v6 else "ip"
+    saddr = [_match({"payload": {"protocol": ip, "field": "saddr"}}, src)] if src else []
     if proto == "icmp":
         icmp = "icmpv6" if v6 else "icmp"
-        return [[_match({"payload": {"protocol": icmp, "field": "id"}}, ident)]]
+
+        def echo(kind: str) -> list[dict]:
+            return [_match({"payload": {"protocol": icmp, "field": "type"}}, kind),
+                    _match({"payload": {"protocol": icmp, "field": "id"}}, ident)]
+
+        return [[*saddr, *echo("echo-request")], echo("echo-reply")]
     l4 = _match({"meta": {"key": "l4proto"}}, proto)
-    return [[l4, _match({"payload": {"protocol": "th", "field": f}}, ident)]
-            for f in ("sport", "dport")]
+    return [[*saddr, l4, _match({"payload": {"protocol": "th", "field": "sport"}}, ident)],
+            [l4, _match({"payload": {"protocol": "th", "field": "dport"}}, ident)]]
 
 
 def render_trace_table(name: str, matches: list[list[dict]]) -> list[dict]:
@@ -153,23 +163,30 @@ _CHAIN_RE = re.compile(r"^\s+chain (\S+) \{")
 _HANDLE_RE = re.compile(r"^\s+(.*?)\s+# handle (\d+)$")
 
 
-def parse_rule_texts(listing: str) -> dict[tuple[str, str, int], str]:
-    """(table, chain, handle) -> rule text, from `nft -a list ruleset` output."""
-    out: dict[tuple[str, str, int], str] = {}
-    table = chain = ""
+RuleKey = tuple[str, str, str, int]  # family, table, chain, handle
+
+
+def parse_rule_texts(listing: str) -> dict[RuleKey, str]:
+    """(family, table, chain, handle) -> rule text, from `nft -a list ruleset` output
+    (handles are numbered per table: `ip filter` and `ip6 filter` both have a #5)."""
+    out: dict[RuleKey, str] = {}
+    family = table = chain = ""
     for line in listing.splitlines():
         if m := _TABLE_RE.match(line):
-            table, chain = m.group(2), ""
+            family, table, chain = m.group(1), m.group(2), ""
         elif m := _CHAIN_RE.match(line):
             chain = m.group(1)
         elif chain and (m := _HANDLE_RE.match(line)) and not line.lstrip().startswith(
                 ("type ", "chain ", "set ", "map ")):
-            out[(table, chain, int(m.group(2)))] = m.group(1)
+            out[(family, table, chain, int(m.group(2)))] = m.group(1)
     return out
 
 
-def rule_texts() -> dict[tuple[str, str, int], str]:
-    """The texts of every rule in this namespace's ruleset, by (table, chain, handle)."""
+FAMILIES = {1: "inet", 2: "ip", 10: "ip6", 7: "bridge", 3: "arp", 5: "netdev"}
+
+
+def rule_texts() -> dict[RuleKey, str]:
+    """The texts of every rule in this namespace's ruleset, by RuleKey."""
     nft = _nft()
     nft.set_handle_output(True)
     rc, out, _ = nft.cmd("list ruleset")
@@ -245,10 +262,14 @@ class TraceMonitor:
     def __init__(self) -> None:
         try:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise TraceError(f"cannot listen to nftables trace events: {exc}") from None
+        try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             self._sock.bind((0, 0))
             self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTRACE)
         except OSError as exc:
+            self._sock.close()
             raise TraceError(f"cannot listen to nftables trace events: {exc}") from None
         self._sock.setblocking(False)
         self.events: list[TraceEvent] = []

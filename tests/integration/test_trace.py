@@ -142,11 +142,52 @@ def test_trace_no_answer_and_no_route(two_nets):
     assert rc == 1
     assert rep["Verdict"].startswith("no answer from 10.71.0.200"), rep["Verdict"]
     assert "neighbour in a: 10.71.0.200 unresolved" in " ".join(rep["Lookups"])
+    # the node has no route there: it answers with an ICMP error, which is not delivery
+    rc, rep = _trace(d, "a", "203.0.113.5", "--timeout", "1")
+    assert rc == 1
+    assert rep["Verdict"].startswith("unreachable: ICMP destination unreachable from "
+                                     "10.71.0.1"), rep["Verdict"]
+    assert "route on the node: 203.0.113.5 is unreachable" in rep["Lookups"]
     d.cli("sandbox", "create", "lonely")  # no network, no route anywhere
     rc, rep = _trace(d, "lonely", "10.71.0.2", "--timeout", "0.5")
     assert rc == 1
     assert rep["Verdict"].startswith("no route"), rep["Verdict"]
     assert _trace_tables(d) == []
+
+
+def test_trace_a_flooded_copy_is_not_a_delivery(two_nets):
+    """b is gone but a still has its MAC: the bridge floods a's probe to every port,
+    d's included; d does not hold the address, so nothing was delivered."""
+    d = two_nets
+    d.cli("sandbox", "create", "d")
+    d.cli("network", "connect", "tr1", "d")
+    ip_b = d.sandbox_ip("b", "tr1")
+    assert harness.ping(d.sandbox_key("a"), ip_b)
+    d.cli("sandbox", "rm", "-f", "b")
+    rc, rep = _trace(d, "a", ip_b, "--timeout", "0.5")
+    assert rc == 1, rep["Verdict"]
+    flooded = [h for h in rep["Hops"] if h.get("Flooded")]
+    assert flooded and flooded[0]["Where"] == "d", rep["Hops"]
+    assert rep["Verdict"].startswith(f"no answer from {ip_b}"), rep["Verdict"]
+    assert any("flooded to every port" in s for s in rep["Lookups"]), rep["Lookups"]
+
+
+def test_trace_with_a_vanished_runtime_namespace(two_nets):
+    """An external (CNI) sandbox whose namespace vanished: traces between others still
+    work; tracing from it is refused in one line."""
+    d = two_nets
+    pod = harness.Netns()
+    try:
+        r = d.api("POST", "/sandboxes/create", {"Name": "pod", "Key": harness.netns_path(pod)})
+        assert r.status == 201, r.json()
+    finally:
+        pod.delete()
+    rc, rep = _trace(d, "a", "b")
+    assert rc == 0, rep["Verdict"]
+    proc = _text(d, "pod", "a")
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "Error: sandbox pod has no network namespace", proc.stderr
+    d.api("DELETE", "/sandboxes/pod?force=1")
 
 
 def test_trace_bad_input_one_line_errors(two_nets):

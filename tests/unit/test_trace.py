@@ -67,25 +67,49 @@ def test_rule_texts_from_a_listing():
 \t}
 }
 """
+    listing += """table ip6 cnet {
+	chain forward { # handle 1
+		meta l4proto ipv6-icmp accept # handle 18
+	}
+}
+"""
     texts = nftrace.parse_rule_texts(listing)
     assert texts == {
-        ("cnet", "forward", 18):
+        ("inet", "cnet", "forward", 18):
             'iifname @bridges oifname @bridges drop comment "isolation between networks"',
-        ("cnet", "pub-tcp-any-80", 10): "meta l4proto tcp dnat ip to 10.0.0.2:80"}
-    assert trace._comment(texts[("cnet", "forward", 18)]) == (
+        ("inet", "cnet", "pub-tcp-any-80", 10): "meta l4proto tcp dnat ip to 10.0.0.2:80",
+        ("ip6", "cnet", "forward", 18): "meta l4proto ipv6-icmp accept"}  # same handle
+    assert trace._comment(texts[("inet", "cnet", "forward", 18)]) == (
         "iifname @bridges oifname @bridges drop", "isolation between networks")
 
 
 def test_marking_table_flags_only_the_probe_flow():
-    cmds = nftrace.render_trace_table("cnet_trace_x", nftrace.flow_matches("tcp", 40000))
+    cmds = nftrace.render_trace_table("cnet_trace_x",
+                                      nftrace.flow_matches("tcp", 40000, "10.0.0.2"))
     rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
-    assert len(rules) == 4  # sport and dport, at prerouting and at output
+    assert len(rules) == 4  # the probe and its answers, at prerouting and at output
     chains = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})]
     assert {c["hook"] for c in chains} == {"prerouting", "output"}
     assert all(c["prio"] < -200 for c in chains)  # before conntrack and cnet's DNAT
     for r in rules:
         assert r["expr"][-1] == {"mangle": {"key": {"meta": {"key": "nftrace"}}, "value": 1}}
-        assert r["expr"][1]["match"]["right"] == 40000
+        assert r["expr"][-2]["match"]["right"] == 40000
+    request = rules[0]["expr"]
+    assert request[0]["match"] == {"op": "==", "left": {"payload": {
+        "protocol": "ip", "field": "saddr"}}, "right": "10.0.0.2"}
+
+
+def test_the_same_port_elsewhere_is_not_the_probe():
+    who = trace.Identity(40000, "udp", "10.0.0.2", frozenset({"10.1.0.2"}),
+                         frozenset({"10.0.0.1", "192.0.2.1"}))
+    flow = {"protocol": "UDP", "sport": 40000, "dport": 9999}
+    assert who.role({**flow, "src": "10.0.0.2", "dst": "10.1.0.2"}) == "request"
+    assert who.role({**flow, "src": "192.0.2.1", "dst": "10.1.0.2"}) == "request"  # SNAT
+    assert who.role({**flow, "src": "10.0.0.3", "dst": "10.1.0.2"}) is None  # b's flow
+    back = {"protocol": "UDP", "sport": 9999, "dport": 40000}
+    assert who.role({**back, "src": "10.1.0.2", "dst": "10.0.0.2"}) == "reply"
+    assert who.role({**back, "src": "10.1.0.2", "dst": "192.0.2.1"}) == "reply"
+    assert who.role({**back, "src": "10.9.0.9", "dst": "10.0.0.3"}) is None
 
 
 def _frame(src: str, dst: str, kind: int) -> bytes:
@@ -101,7 +125,7 @@ def test_hops_in_path_order_whatever_the_timestamps():
         ("/ns/a", "a"), ("/ns/node", "node"), ("/ns/b", "b")))
     plan = trace.Plan(src="a", src_netns="/ns/a", dst="b", dst_ip="10.0.0.3", dst_name="b",
                       proto="icmp", port=None, places=[src, node, dst],
-                      node_netns="/ns/node", bridge=None)
+                      node_netns="/ns/node")
     req, rep = _frame("10.0.0.2", "10.0.0.3", 8), _frame("10.0.0.3", "10.0.0.2", 0)
 
     def pkt(place, ifname, out, data, ts):
@@ -111,9 +135,11 @@ def test_hops_in_path_order_whatever_the_timestamps():
                pkt(src, "eth0", True, req, 1000), pkt(node, "veth-a", False, req, 1020),
                pkt(dst, "eth0", True, rep, 2000), pkt(src, "eth0", False, rep, 2003),
                pkt(node, "veth-b", False, rep, 2000), pkt(node, "veth-a", True, rep, 2000)]
-    obs = trace.Observed(4242, None, trace.Answer(True, "echo-reply"), packets, [], {}, "t")
+    obs = trace.Observed(4242, "10.0.0.2", None, trace.Answer("answer", "echo-reply"),
+                         packets, [], {})
+    who = trace.Identity(4242, "icmp", "10.0.0.2", frozenset({"10.0.0.3"}), frozenset())
     got = [(h["Packet"], h["Where"], h["Interface"], h["Direction"])
-           for h in trace.hops(plan, obs)]
+           for h in trace.hops(plan, obs, who)]
     assert got == [("request", "a", "eth0", "out"), ("request", "node", "veth-a", "in"),
                    ("request", "node", "veth-b", "out"), ("request", "b", "eth0", "in"),
                    ("reply", "b", "eth0", "out"), ("reply", "node", "veth-b", "in"),
