@@ -326,7 +326,9 @@ def ps(show_all: bool, quiet: bool, no_trunc: bool, filters: dict[str, list[str]
 
 
 def _ports_text(ports: list[dict]) -> str:
-    return ", ".join(f"{p['IP'] or '0.0.0.0'}:{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}"
+    from cnet.runtime.ports import port_text
+
+    return ", ".join(port_text(p["IP"], p["PublicPort"], p["PrivatePort"], p["Type"])
                      for p in ports)
 
 

@@ -4,16 +4,42 @@ Docker's semantics: `-p [HOSTIP:][HOSTPORT:]PORT[/proto]`, `-P` publishes every
 exposed port on a free host port, a port taken on an address (or on all of
 them) is "already allocated", and everything is released when the container
 stops. The packets are nftables' business (cnet.ingress.ports).
+
+`port_text` is the one place that writes a binding the way `docker ps` shows it; the CLI
+imports this module for it (`cnet ps`), so the module stays cheap to import (`secrets` is
+imported where a free port is picked).
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
+from typing import NamedTuple
 
 from cnet.cnm.errors import Conflict, InvalidParameter
 
 Binding = tuple[str, str, int]  # (proto, host ip or "", host port)
+
+
+def port_text(host_ip: str, host_port: int | str, port: int | str, proto: str = "tcp",
+              target: str = "") -> str:
+    """A binding as `docker ps` shows it: "0.0.0.0:8080->80/tcp" (no host address: all of
+    them). `target`, when given, names the address the port is DNATed to:
+    "0.0.0.0:8080->10.0.0.2:80/tcp"."""
+    to = f"{target}:" if target else ""
+    return f"{host_ip or '0.0.0.0'}:{host_port}->{to}{port}/{proto or 'tcp'}"
+
+
+class Published(NamedTuple):
+    """One binding as programmed: host (proto, address, port) -> target address and port."""
+    proto: str
+    host_ip: str  # "" for every address
+    host_port: int
+    target_ip: str  # the container address the kernel DNATs to
+    port: int
+
+    def text(self, with_target: bool = False) -> str:
+        return port_text(self.host_ip, self.host_port, self.port, self.proto,
+                         self.target_ip if with_target else "")
 
 
 def _local_port_range() -> tuple[int, int]:
@@ -52,6 +78,8 @@ class PortPublisher:
         return any(p == proto and n == port for p, _, n in self._taken)
 
     def _free_port(self, proto: str, ip: str) -> int:
+        import secrets
+
         lo, hi = _local_port_range()
         start = lo + secrets.randbelow(hi - lo + 1)
         for i in range(hi - lo + 1):
@@ -100,6 +128,16 @@ class PortPublisher:
                 self._by_container.pop(cid, None)
                 raise
         return result
+
+    def published(self, owner: str) -> list[Published]:
+        """What `owner` (a container id, or a bare sandbox's "<sandbox id>/<network id>")
+        has published, as recorded when it was programmed: each binding with the address
+        the kernel DNATs it to (read, never recomputed: a container's endpoints may have
+        changed since). Sorted; empty when it published nothing."""
+        with self._lock:
+            done = list(self._by_container.get(owner, ()))
+        return sorted(Published(proto, ip, hp, target, port)
+                      for (proto, ip, hp), target, port in done)
 
     def release(self, cid: str) -> None:
         with self._lock:
