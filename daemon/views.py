@@ -66,11 +66,13 @@ def _network_options(net: Network) -> dict[str, str]:
 
 def network_peers(ctl: Controller, net: Network) -> list[dict]:
     """`network inspect --verbose` of a global network: the nodes that hold endpoints on
-    it (Docker's Peers), each with those endpoints."""
+    it (Docker's Peers: Name, IP), each with its cluster node id (NodeID: names need not
+    be unique, the default one is the hostname) and those endpoints (both cnet's)."""
     nodes: dict[str, dict] = {}
 
     def node(node_id: str, name: str, addr: str) -> dict:
-        return nodes.setdefault(node_id, {"Name": name, "IP": addr, "Endpoints": []})
+        return nodes.setdefault(node_id, {"Name": name, "IP": addr, "NodeID": node_id,
+                                          "Endpoints": []})
 
     def entry(rec: dict) -> dict:
         return {"Name": rec.get("sandbox", ""), "EndpointID": rec["endpoint"],
@@ -86,7 +88,7 @@ def network_peers(ctl: Controller, net: Network) -> list[dict]:
             node(rec["node"], rec["node_name"], rec["vtep"])["Endpoints"].append(entry(rec))
     for rec in glob.peers.get(net.id, {}).values():
         node(rec["node"], rec.get("node_name", ""), rec["vtep"])["Endpoints"].append(entry(rec))
-    return sorted(nodes.values(), key=lambda n: n["Name"])
+    return sorted(nodes.values(), key=lambda n: (n["Name"], n["NodeID"]))
 
 
 def endpoint_settings(ctl: Controller, ep: Endpoint) -> dict:
