@@ -5,6 +5,10 @@ text tree (node -> network -> container) on stdout, or with `-o` a Graphviz pict
 (`.dot`/`.gv`: DOT text; `.svg`/`.png`: DOT drawn by Graphviz's `dot`). The renderers
 are pure functions of the answer (render_tree, to_dot). A file is written whole or not
 at all (a temporary file beside it, renamed).
+
+Nodes and networks are told apart by id, never by name (two nodes may share the default
+name, the hostname; a local bridge and an overlay may share a name): where names collide
+the heading adds the short id.
 """
 
 from __future__ import annotations
@@ -30,11 +34,6 @@ def _subnets(net: dict) -> str:
                      for s in net.get("Subnets") or [])
 
 
-def _net_kind(net: dict) -> str:
-    return ", ".join([net["Driver"], net["Scope"]] + (["internal"] if net.get("Internal")
-                                                       else []))
-
-
 def _what(c: dict) -> str:
     """"container, running" / "sandbox" / "endpoint"; "" for a remote peer (unknown)."""
     if c["Kind"] == "remote":
@@ -42,34 +41,67 @@ def _what(c: dict) -> str:
     return c["Kind"] + (f", {c['State']}" if c.get("State") else "")
 
 
-def _node_head(node: dict) -> str:
+def _short(oid: str) -> str:
+    return oid[:12]
+
+
+def _duplicates(items: list[dict]) -> set[str]:
+    """The names that more than one of `items` carries."""
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for item in items:
+        (dup if item["Name"] in seen else seen).add(item["Name"])
+    return dup
+
+
+def _node_head(node: dict, dup_names: set[str] = frozenset()) -> str:
     bits = [node["Addr"]] if node.get("Addr") else []
     bits.append(node.get("Status") or "Unknown")
     if node.get("Self"):
         bits.append("this node")
+    if node["Name"] in dup_names and node.get("ID"):
+        bits.append(f"id {_short(node['ID'])}")
     return f"{node['Name']} ({', '.join(bits)})"
 
 
+def _net_kind(net: dict, dup_names: set[str] = frozenset()) -> str:
+    bits = [net["Driver"], net["Scope"]] + (["internal"] if net.get("Internal") else [])
+    if net["Name"] in dup_names and net.get("Id"):
+        bits.append(f"id {_short(net['Id'])}")
+    return ", ".join(bits)
+
+
 def _layout(topo: dict, node: dict) -> tuple[list[dict], list[dict]]:
-    """A node's networks in name order (each with the attachments on it, as (container,
-    attachment) pairs, by container name), and its containers on no network."""
-    nets = {n["Name"]: n for n in topo["Networks"]}
-    members: dict[str, list] = {name: [] for name in node["Networks"] if name in nets}
+    """A node's networks in (name, id) order, each with the attachments on it (as
+    (container, attachment) pairs, by container name); and its loose containers: on no
+    network, or with published ports that reach none of its endpoints."""
+    nets = {n["Id"]: n for n in topo["Networks"]}
+    members: dict[str, list] = {nid: [] for nid in node["Networks"] if nid in nets}
+    unknown: dict[str, dict] = {}
     loose = []
     for c in node["Containers"]:
         for att in c["Networks"]:
-            members.setdefault(att["Network"], []).append((c, att))
-        if not c["Networks"]:
+            nid = att.get("NetworkID") or ""
+            members.setdefault(nid, []).append((c, att))
+            if nid not in nets:
+                unknown.setdefault(nid, {"Name": att["Network"], "Id": nid, "Driver": "?",
+                                         "Scope": "?", "Subnets": []})
+        if not c["Networks"] or c.get("UnattachedPorts"):
             loose.append(c)
     out = []
-    for name in sorted(members):
-        net = nets.get(name) or {"Name": name, "Id": "", "Driver": "?", "Scope": "?",
-                                 "Subnets": []}
-        if not members[name] and net["Driver"] in HIDDEN_DRIVERS:
+    for nid in members:
+        net = nets.get(nid) or unknown[nid]
+        if not members[nid] and net["Driver"] in HIDDEN_DRIVERS:
             continue
-        out.append({"net": net, "members": sorted(members[name],
+        out.append({"net": net, "members": sorted(members[nid],
                                                   key=lambda m: (m[0]["Name"], m[0]["Id"]))})
+    out.sort(key=lambda g: (g["net"]["Name"], g["net"]["Id"]))
     return out, loose
+
+
+def _loose_text(c: dict) -> list[str]:
+    """A loose container: its ports reaching none of its endpoints (with their target)."""
+    return ["ports " + ", ".join(c["UnattachedPorts"])] if c.get("UnattachedPorts") else []
 
 
 def _attachment_text(att: dict) -> list[str]:
@@ -86,15 +118,16 @@ def render_tree(topo: dict, unicode: bool = True) -> str:
     """node -> network -> container, each line with its addresses; stable order."""
     tee, last, pipe, blank = UNICODE if unicode else ASCII
     lines: list[str] = []
+    dup_nodes, dup_nets = _duplicates(topo["Nodes"]), _duplicates(topo["Networks"])
     for node in topo["Nodes"]:
         if lines:
             lines.append("")
-        lines.append(_node_head(node))
+        lines.append(_node_head(node, dup_nodes))
         groups, loose = _layout(topo, node)
         branches: list[tuple[str, list[str]]] = []
         for g in groups:
             net = g["net"]
-            head = f"{net['Name']} ({_net_kind(net)})"
+            head = f"{net['Name']} ({_net_kind(net, dup_nets)})"
             if _subnets(net):
                 head += "  " + _subnets(net)
             kids = []
@@ -105,8 +138,8 @@ def render_tree(topo: dict, unicode: bool = True) -> str:
             branches.append((head, kids or ["(no containers)"]))
         if loose:
             branches.append(("(no network)",
-                             [c["Name"] + (f" ({_what(c)})" if _what(c) else "")
-                              for c in loose]))
+                             ["  ".join([c["Name"] + (f" ({_what(c)})" if _what(c) else "")]
+                                        + _loose_text(c)) for c in loose]))
         if not branches:
             branches.append(("(no networks known)", []))
         for i, (head, kids) in enumerate(branches):
@@ -152,11 +185,12 @@ def _net_id(net: dict) -> str:
 
 
 def _ctr_id(node: dict, c: dict) -> str:
-    return dot_quote(f"ctr:{node['Name']}/{c['Name']}/{c.get('Id') or ''}")
+    return dot_quote(f"ctr:{node.get('ID') or node['Name']}/{c['Name']}/{c.get('Id') or ''}")
 
 
 def _ctr_node(cid: str, c: dict) -> str:
-    return f"    {cid} [shape=component, label={_label(c['Name'], _what(c))}];"
+    return (f"    {cid} [shape=component, "
+            f"label={_label(c['Name'], _what(c), *_loose_text(c))}];")
 
 
 def to_dot(topo: dict) -> str:
@@ -169,20 +203,22 @@ def to_dot(topo: dict) -> str:
            '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
     drawn: set[str] = set()
     edges: list[str] = []
+    dup_nodes, dup_nets = _duplicates(topo["Nodes"]), _duplicates(topo["Networks"])
 
     def net_node(net: dict, indent: str) -> None:
-        if net["Name"] in drawn:
+        key = net.get("Id") or net["Name"]
+        if key in drawn:
             return
-        drawn.add(net["Name"])
+        drawn.add(key)
         style = "rounded,dashed" if net.get("Internal") else "rounded"
         subnets = [s for s in _subnets(net).split(", ") if s]
         out.append(f'{indent}{_net_id(net)} [shape=box, style="{style}", color="#1f6fb2", '
-                   f"label={_label(net['Name'], _net_kind(net), *subnets)}];")
+                   f"label={_label(net['Name'], _net_kind(net, dup_nets), *subnets)}];")
 
     for i, node in enumerate(topo["Nodes"]):
         groups, loose = _layout(topo, node)
         out.append(f"  subgraph {dot_quote(f'cluster_{i}')} {{")
-        out.append(f"    label={_label(_node_head(node))};")
+        out.append(f"    label={_label(_node_head(node, dup_nodes))};")
         out.append('    style="rounded"; color="#888888";')
         for g in groups:
             if g["net"].get("Scope") != "global":

@@ -1,14 +1,25 @@
 """`cnet topology`: who is where, in one answer.
 
-    GET /topology[?node=NAME]  ->  {"Nodes": [...], "Networks": [...], "Warnings": [...]}
+    GET /topology[?node=NAME|ID]  ->  {"Nodes": [...], "Networks": [...], "Warnings": [...]}
 
-Networks: every network this node knows (name, id, driver, scope, internal, subnets and
-gateways). Nodes: this node (single host: named after the host; in a cluster: its
-cluster name) with every local container, bare sandbox and sandbox-less endpoint, each
-with its attachments (network, IPv4/IPv6 address, MAC, published ports
-"HOSTIP:HOSTPORT->PORT/PROTO"); with a cluster store, every other node too (Name, Addr,
-Status from the cluster) with what this node knows of it: its endpoints on global
-networks, from the peer table (network_peers). `node=` keeps one node (name or id).
+Networks: every network shown (name, id, driver, scope, internal, subnets and gateways).
+Nodes: this node (single host: named after the host; in a cluster: its cluster name)
+with every local container, bare sandbox and sandbox-less endpoint, each with its
+attachments (network name and id, IPv4/IPv6 address, MAC, published ports
+"HOSTIP:HOSTPORT->PORT/PROTO"); with a cluster store, every other node too (Name, ID,
+Addr, Status from the cluster) with what this node knows of it: its endpoints on global
+networks, from the peer table (network_peers). A node's "Networks" lists network ids.
+`node=` keeps one node (id, or name: the first one of that name).
+
+Everything is keyed by id, never by name: node names need not be unique (the default
+one is the hostname), and neither need network names (a local bridge and an overlay
+made on another node may share one).
+
+Published ports are read from the port publisher (what the kernel DNATs, to which
+address), never recomputed: each is shown on the endpoint that holds its target
+address; a container's ports whose target none of its endpoints holds (the address
+left with a `network disconnect`) are listed on the container, as
+"HOSTIP:HOSTPORT->TARGET:PORT/PROTO" in "UnattachedPorts".
 """
 
 from __future__ import annotations
@@ -17,21 +28,11 @@ import socket
 from typing import Any
 
 from cnet.cnm import ids
+from cnet.cnm.errors import InvalidParameter, NotFound
 from cnet.daemon.api import Request, route
 from cnet.daemon.api_ports import sandbox_ports
 from cnet.daemon.app import App
 from cnet.daemon.views import network_peers
-
-
-def _ports(ports: dict | None) -> list[str]:
-    """Docker's NetworkSettings.Ports as `docker ps` shows them, sorted."""
-    out = []
-    for key, bindings in (ports or {}).items():
-        port, _, proto = key.partition("/")
-        for b in bindings or []:
-            out.append(f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}->"
-                       f"{port}/{proto or 'tcp'}")
-    return sorted(out)
 
 
 def _attachment(net, ep=None, ports: list[str] | None = None) -> dict:
@@ -50,9 +51,34 @@ def _network(net) -> dict:
 
 
 def _configured(ctl, c: dict, attached: set[str] = frozenset()) -> list[dict]:
-    """A container's configured networks it has no endpoint on: no address."""
-    return [_attachment(net) for name in (c.get("Networks") or {}) if name not in attached
-            for net in ctl.networks.values() if net.name == name]
+    """A container's configured networks it has no endpoint on (created, stopped): no
+    address. Its keys are what the user gave (a name, an id or an id prefix): each is
+    resolved; one that no longer resolves is left out."""
+    out, seen = [], set(attached)
+    for ref in c.get("Networks") or {}:
+        try:
+            net = ctl.network(ref)
+        except (NotFound, InvalidParameter):
+            continue
+        if net.id not in seen:
+            seen.add(net.id)
+            out.append(_attachment(net))
+    return out
+
+
+def _place(published, joined) -> tuple[dict[str, list[str]], list[str]]:
+    """Published ports (PortPublisher.published) on the endpoint holding their DNAT
+    target address: ({endpoint id: [port text]}, [the others, with their target])."""
+    by_ep: dict[str, list[str]] = {}
+    stray = []
+    for p in published:
+        ep = next((ep for ep, _ in joined
+                   if (ep.ipv4 or "").split("/")[0] == p.target_ip), None)
+        if ep is not None:
+            by_ep.setdefault(ep.id, []).append(p.text())
+        else:
+            stray.append(p.text(with_target=True))
+    return by_ep, stray
 
 
 def _local(app: App) -> dict[str, Any]:
@@ -60,40 +86,37 @@ def _local(app: App) -> dict[str, Any]:
     remote endpoints of global networks (peer table)."""
     ctl = app.controller
     containers = dict(app.containers.containers) if app.containers is not None else {}
-    sbports = sandbox_ports(app).ports  # "<sandbox id>/<network id>" -> Ports
+    sbports = sandbox_ports(app)  # the publisher of containers' and bare sandboxes' ports
+    sandbox_keys = list(sbports.ports)  # "<sandbox id>/<network id>"
     entries = []
     for sb in ctl.sandboxes.values():
         c = containers.get(sb.id)
-        # a container's -p ports are DNATed to its first bridge address (runtime)
-        joined = [(ep, ctl.networks.get(ep.network_id))
-                  for ep in (ctl.endpoints.get(e) for e in sb.endpoints) if ep is not None]
-        cports_net = next((net.id for ep, net in joined
-                           if net is not None and ep.ipv4 and net.driver == "bridge"), None)
-        atts = []
-        for ep, net in joined:
-            if net is None:
-                continue
-            if c is not None:
-                ports = _ports(c.get("Ports")) if net.id == cports_net else []
-            else:
-                ports = _ports(sbports.get(f"{sb.id}/{net.id}"))
-            atts.append(_attachment(net, ep, ports))
+        joined = [(ep, net) for ep, net in
+                  ((ep, ctl.networks.get(ep.network_id))
+                   for ep in (ctl.endpoints.get(e) for e in sb.endpoints) if ep is not None)
+                  if net is not None]
+        owners = [sb.id] if c is not None else [k for k in sandbox_keys
+                                                if k.startswith(sb.id + "/")]
+        published = [p for owner in owners for p in sbports.publisher.published(owner)]
+        by_ep, stray = _place(published, joined)
+        atts = [_attachment(net, ep, by_ep.get(ep.id)) for ep, net in joined]
         if c is not None:  # configured but not attached (created, stopped)
-            atts += _configured(ctl, c, {a["Network"] for a in atts})
+            atts += _configured(ctl, c, {a["NetworkID"] for a in atts})
         entries.append({"Name": sb.name, "Id": sb.id,
                         "Kind": "container" if c is not None else "sandbox",
                         "State": c["State"]["Status"] if c is not None else "",
-                        "Networks": atts})
+                        "Networks": atts, "UnattachedPorts": stray})
     for c in containers.values():  # stopped: no sandbox, its configured networks
         if c["Id"] in ctl.sandboxes:
             continue
         entries.append({"Name": c["Name"], "Id": c["Id"], "Kind": "container",
-                        "State": c["State"]["Status"], "Networks": _configured(ctl, c)})
+                        "State": c["State"]["Status"], "Networks": _configured(ctl, c),
+                        "UnattachedPorts": []})
     for ep in ctl.endpoints.values():  # joined for another runtime (dockerd), or unjoined
         net = ctl.networks.get(ep.network_id)
         if ep.sandbox_id is None and net is not None:
             entries.append({"Name": ep.name, "Id": ep.id, "Kind": "endpoint", "State": "",
-                            "Networks": [_attachment(net, ep)]})
+                            "Networks": [_attachment(net, ep)], "UnattachedPorts": []})
     peers = {net.id: network_peers(ctl, net) for net in ctl.networks.values()
              if net.scope == "global"}
     return {"Networks": [_network(n) for n in ctl.networks.values()],
@@ -102,16 +125,17 @@ def _local(app: App) -> dict[str, Any]:
 
 def _remote(node: dict, nets: dict[str, dict], peers: dict[str, list[dict]]) -> None:
     """Fill a remote node's containers from the peer table (its endpoints on global
-    networks; a name on several networks is one entry)."""
+    networks; a sandbox name on several networks is one entry)."""
     by_name: dict[str, dict] = {}
     for net_id, holders in peers.items():
         for holder in holders:
-            if holder["Name"] != node["Name"]:
+            if holder["NodeID"] != node["ID"]:
                 continue
             for rec in holder["Endpoints"]:
-                entry = by_name.setdefault(rec["Name"] or rec["EndpointID"][:12], {
-                    "Name": rec["Name"] or rec["EndpointID"][:12], "Id": "",
-                    "Kind": "remote", "State": "", "Networks": []})
+                name = rec["Name"] or rec["EndpointID"][:12]
+                entry = by_name.setdefault(name, {
+                    "Name": name, "Id": "", "Kind": "remote", "State": "", "Networks": [],
+                    "UnattachedPorts": []})
                 entry["Networks"].append({
                     "Network": nets[net_id]["Name"], "NetworkID": net_id,
                     "IPv4Address": rec["IPv4Address"], "IPv6Address": rec["IPv6Address"],
@@ -119,9 +143,47 @@ def _remote(node: dict, nets: dict[str, dict], peers: dict[str, list[dict]]) -> 
     node["Containers"] = list(by_name.values())
 
 
+def assemble(local: dict[str, Any], me: dict, known: list[dict], wanted: str | None,
+             warnings: list[str]) -> dict[str, Any]:
+    """The answer, from this node's part (_local), this node's head (`me`: Name, ID,
+    Addr, Status, Self) and the cluster's node list (`known`). Nodes, networks and
+    remote peers are keyed by id."""
+    nets = {n["Id"]: n for n in local["Networks"]}
+    nodes = {me["ID"]: me}
+    for n in known:
+        if n.get("Self") or n.get("ID") == me["ID"]:
+            me["Status"] = n.get("Status") or me["Status"]
+        else:
+            nodes[n["ID"]] = {"Name": n["Name"], "ID": n["ID"], "Addr": n.get("Addr", ""),
+                              "Status": n.get("Status", ""), "Self": False}
+    for holders in local["Peers"].values():  # peers of nodes the store did not list
+        for h in holders:
+            nodes.setdefault(h["NodeID"], {"Name": h["Name"], "ID": h["NodeID"],
+                                           "Addr": h["IP"], "Status": "Unknown",
+                                           "Self": False})
+    me["Containers"] = local["Containers"]
+    me["Networks"] = [n["Id"] for n in sorted(local["Networks"],
+                                              key=lambda n: (n["Name"], n["Id"]))]
+    for node in nodes.values():
+        if not node["Self"]:
+            _remote(node, nets, local["Peers"])
+            node["Networks"] = [i for i in sorted(
+                {a["NetworkID"] for c in node["Containers"] for a in c["Networks"]},
+                key=lambda i: (nets[i]["Name"], i))]
+        node["Containers"].sort(key=lambda c: (c["Name"], c["Id"]))
+        for c in node["Containers"]:
+            c["Networks"].sort(key=lambda a: (a["Network"], a["NetworkID"]))
+    chosen = sorted(nodes.values(), key=lambda n: (not n["Self"], n["Name"], n["ID"]))
+    if wanted:
+        chosen = [ids.resolve("node", wanted, chosen, lambda n: (n["ID"], n["Name"]))]
+    shown = {i for n in chosen for i in n["Networks"]}
+    networks = sorted((n for n in local["Networks"] if n["Id"] in shown),
+                      key=lambda n: (n["Name"], n["Id"]))
+    return {"Nodes": chosen, "Networks": networks, "Warnings": warnings}
+
+
 def topology(app: App, wanted: str | None) -> dict[str, Any]:
     local = app.worker.run(_local, app)
-    nets = {n["Id"]: n for n in local["Networks"]}
     warnings: list[str] = []
     if app.cluster is not None:
         info = app.cluster.info
@@ -136,35 +198,7 @@ def topology(app: App, wanted: str | None) -> dict[str, Any]:
         me = {"Name": socket.gethostname(), "ID": local["DaemonID"], "Addr": "",
               "Status": "Ready", "Self": True}
         known = []
-    nodes = {me["Name"]: me}
-    for n in known:
-        if n.get("Self"):
-            me["Status"] = n.get("Status") or me["Status"]
-        elif n["Name"] != me["Name"]:
-            nodes[n["Name"]] = {"Name": n["Name"], "ID": n.get("ID", ""),
-                                "Addr": n.get("Addr", ""), "Status": n.get("Status", ""),
-                                "Self": False}
-    for holders in local["Peers"].values():  # peers of nodes the store did not list
-        for h in holders:
-            nodes.setdefault(h["Name"], {"Name": h["Name"], "ID": "", "Addr": h["IP"],
-                                         "Status": "Unknown", "Self": False})
-    me["Containers"] = local["Containers"]
-    me["Networks"] = sorted(n["Name"] for n in local["Networks"])
-    for node in nodes.values():
-        if not node["Self"]:
-            _remote(node, nets, local["Peers"])
-            node["Networks"] = sorted({a["Network"] for c in node["Containers"]
-                                       for a in c["Networks"]})
-        node["Containers"].sort(key=lambda c: (c["Name"], c["Id"]))
-        for c in node["Containers"]:
-            c["Networks"].sort(key=lambda a: a["Network"])
-    chosen = sorted(nodes.values(), key=lambda n: (not n["Self"], n["Name"]))
-    if wanted:
-        chosen = [ids.resolve("node", wanted, chosen, lambda n: (n["ID"], n["Name"]))]
-    shown = {name for n in chosen for name in n["Networks"]}
-    networks = sorted((n for n in local["Networks"] if n["Name"] in shown),
-                      key=lambda n: n["Name"])
-    return {"Nodes": chosen, "Networks": networks, "Warnings": warnings}
+    return assemble(local, me, known, wanted, warnings)
 
 
 @route("GET", "/topology", worker=False)
