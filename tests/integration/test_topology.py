@@ -196,3 +196,81 @@ def test_topology_on_a_fresh_daemon(daemon):
     body = res.json()
     assert [n["Name"] for n in body["Nodes"]] == [socket.gethostname()]
     assert {n["Name"] for n in body["Networks"]} == {"bridge", "host", "none"}
+
+
+def _topology_json(d) -> dict:
+    res = d.api("GET", "/topology")
+    assert res.status == 200, res.body
+    return res.json()
+
+
+def _entry(body: dict, name: str) -> dict:
+    (node,) = [n for n in body["Nodes"] if n["Self"]]
+    (c,) = [c for c in node["Containers"] if c["Name"] == name]
+    return c
+
+
+def test_networks_given_by_id_are_shown_on_that_network(cdaemon):
+    """`create/run --network <id prefix>`: the container's configured key is the id the
+    user gave, not the name: created, it is still on that network (not "(no network)");
+    running, it is there once, with its address."""
+    d = cdaemon
+    d.cli("network", "create", "--subnet", "10.93.0.0/24", "byid")
+    net_id = d.cli_json("network", "inspect", "byid")[0]["Id"]
+    d.cli("create", "--name", "made", "--network", net_id[:12], "busybox", "true")
+    d.cli("run", "-d", "--name", "going", "--network", net_id[:12], "busybox", "sleep", "600")
+    ip = d.cli_json("inspect", "going")[0]["NetworkSettings"]["Networks"]["byid"]["IPAddress"]
+    assert ip.startswith("10.93.0.")
+    body = _topology_json(d)
+    assert [(a["NetworkID"], a["IPv4Address"]) for a in _entry(body, "made")["Networks"]] == [
+        (net_id, "")]
+    assert [(a["NetworkID"], a["IPv4Address"].split("/")[0])
+            for a in _entry(body, "going")["Networks"]] == [(net_id, ip)]
+    tree = _tree(d.cli("topology", env={"PYTHONIOENCODING": "utf-8"}).stdout)
+    (nets,) = tree.values()
+    heads = {line.split()[0]: line for line in nets}
+    assert "(no" not in heads  # no "(no network)" branch
+    members = _by_name(nets[heads["byid"]])
+    assert list(members) == ["going", "made"] and len(nets[heads["byid"]]) == 2
+    assert "(container, created)" in members["made"] and f"  {ip}  " in members["going"]
+
+
+def _dnat_targets(d, port: int) -> set[str]:
+    """The addresses cnet's nft table DNATs TCP host port `port` to (read from the kernel:
+    the pub_any element's chain and its dnat rules)."""
+    out = d.run_in_host("nft", "list", "table", "inet", "cnet").stdout
+    chains = dict(re.findall(r"\n\tchain (\S+) \{\n(.*?)\n\t\}", out, re.S))
+    via = re.findall(rf"tcp \. {port} : (?:jump|goto) ([\w-]+)", out)
+    return {t for name in via for t in re.findall(r"dnat ip to ([\d.]+):\d+",
+                                                  chains.get(name, ""))}
+
+
+def test_published_ports_are_shown_where_the_kernel_sends_them(cdaemon):
+    """Ports are read from the publisher, not recomputed: after `network connect pb` they
+    stay on pa's endpoint, and after `network disconnect pa` (the runtime does not
+    re-publish) they are shown with the old pa address they are still DNATed to, on no
+    endpoint, never on pb's address."""
+    d = cdaemon
+    d.cli("network", "create", "--subnet", "10.91.0.0/24", "pa")
+    d.cli("network", "create", "--subnet", "10.92.0.0/24", "pb")
+    d.cli("run", "-d", "--name", "w", "--network", "pa", "-p", "18099:80", "busybox",
+          "sleep", "600")
+    pa_ip = d.cli_json("inspect", "w")[0]["NetworkSettings"]["Networks"]["pa"]["IPAddress"]
+    d.cli("network", "connect", "pb", "w")
+    pb_ip = d.cli_json("inspect", "w")[0]["NetworkSettings"]["Networks"]["pb"]["IPAddress"]
+    assert _dnat_targets(d, 18099) == {pa_ip}
+    atts = {a["Network"]: a for a in _entry(_topology_json(d), "w")["Networks"]}
+    assert atts["pa"]["Ports"] == ["0.0.0.0:18099->80/tcp"] and atts["pb"]["Ports"] == []
+    d.cli("network", "disconnect", "pa", "w")
+    assert _dnat_targets(d, 18099) == {pa_ip}  # the kernel still sends them to pa's address
+    w = _entry(_topology_json(d), "w")
+    assert [(a["Network"], a["IPv4Address"].split("/")[0], a["Ports"])
+            for a in w["Networks"]] == [("pb", pb_ip, [])]
+    assert w["UnattachedPorts"] == [f"0.0.0.0:18099->{pa_ip}:80/tcp"]
+    tree = _tree(d.cli("topology", env={"PYTHONIOENCODING": "utf-8"}).stdout)
+    (nets,) = tree.values()
+    heads = {line.split()[0]: line for line in nets}
+    (on_pb,) = nets[heads["pb"]]
+    assert on_pb.startswith("w (container, running)") and "ports" not in on_pb
+    assert nets[heads["(no"]] == [
+        f"w (container, running)  ports 0.0.0.0:18099->{pa_ip}:80/tcp"]
