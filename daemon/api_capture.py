@@ -12,11 +12,16 @@ from typing import Any
 from cnet.cnm.errors import InvalidParameter, NotFound
 from cnet.daemon.api import Request, route
 from cnet.daemon.app import App
+from cnet.daemon.netinfo import (
+    OVERLAY_BRIDGE,
+    OVERLAY_VTEP,
+    address_names,
+    node_names,
+    overlay_netns,
+    vxlan_ports,
+)
 
 NODE = "node"
-VXLAN_PORT_DEFAULT = 4789
-VXLAN_PORT_OPTION = "com.docker.network.driver.overlay.vxlan_port"
-OVERLAY_BRIDGE, OVERLAY_VTEP = "br0", "vxlan0"
 
 
 def _target(netns: str, ifname: str, label: str) -> dict[str, str]:
@@ -60,8 +65,8 @@ def _network_infra(app: App, net) -> list[dict[str, str]]:
     host = kernel.host_netns_path
     state = net.driver_state
     if net.driver == "overlay":
-        path = kernel.netns_path("ov-" + net.id[:12])
-        if not kernel.is_netns(path):
+        path = overlay_netns(app, net)
+        if path is None:
             return []  # made at the first local join
         return [_target(path, dev, f"{net.name}/{dev}") for dev in (OVERLAY_BRIDGE,
                                                                      OVERLAY_VTEP)]
@@ -114,32 +119,9 @@ def resolve(app: App, target: str, iface: str | None, lo: bool = False
     raise NotFound(f'no such container, sandbox, network or endpoint: "{target}"')
 
 
-def _addr(cidr: str | None) -> str | None:
-    return cidr.split("/")[0] if cidr else None
-
-
 def _names(app: App) -> tuple[dict[str, str], list[int]]:
-    """Address -> container name (local endpoints, then every name the DNS serves, which
-    includes remote overlay peers), and the VXLAN ports of the overlay networks."""
-    ctl = app.controller
-    names: dict[str, str] = {}
-    for ep in ctl.endpoints.values():
-        sb = ctl.sandboxes.get(ep.sandbox_id or "")
-        for a in (_addr(ep.ipv4), _addr(ep.ipv6)):
-            if sb is not None and a:
-                names.setdefault(a, sb.name)
-    if app.dns is not None:
-        for rec in app.dns.names.endpoints():
-            for a in (rec.ipv4, rec.ipv6):
-                if a and rec.names:
-                    names.setdefault(_addr(a), rec.names[0])
-    ports = {VXLAN_PORT_DEFAULT}
-    for net in ctl.networks.values():
-        if net.driver == "overlay":
-            port = net.options.get(VXLAN_PORT_OPTION)
-            if port and port.isdigit():
-                ports.add(int(port))
-    return names, sorted(ports)
+    """Who is who (address -> container) and the overlays' VXLAN ports, for decoding."""
+    return address_names(app), vxlan_ports(app)
 
 
 @route("GET", "/capture/targets", worker=False)
@@ -156,12 +138,7 @@ def capture_targets(app: App, req: Request) -> tuple[int, Any]:
     out: dict[str, Any] = {"Targets": found}
     if req.query.get("names") == "1":
         names, ports = app.worker.run(_names, app)
-        if app.cluster is not None:
-            try:
-                for node in app.cluster.nodes():
-                    if node.get("Addr"):
-                        names.setdefault(node["Addr"], node["Name"])
-            except Exception:  # the store unreachable: decode without node names
-                pass
+        for addr, name in node_names(app).items():
+            names.setdefault(addr, name)
         out["Names"], out["VxlanPorts"] = names, ports
     return 200, out

@@ -14,16 +14,20 @@ from cnet.capture.live import CaptureError
 from cnet.cnm.errors import CnetError, Conflict, InvalidParameter, NotFound
 from cnet.cnm.osl import diag
 from cnet.daemon.api import Request, route
-from cnet.daemon.api_capture import OVERLAY_BRIDGE, OVERLAY_VTEP, _names
 from cnet.daemon.app import App
+from cnet.daemon.netinfo import (
+    OVERLAY_BRIDGE,
+    OVERLAY_VTEP,
+    address_names,
+    ip_of,
+    node_names,
+    overlay_netns,
+    vxlan_ports,
+)
 from cnet.ingress.nftrace import TraceError
 
 MAX_TIMEOUT = 30.0
 QTYPE_A, QTYPE_AAAA = 1, 28
-
-
-def _ip(cidr: str | None) -> str | None:
-    return cidr.split("/")[0] if cidr else None
 
 
 def _parse(body: dict) -> tuple[str, str, str, int | None, float]:
@@ -64,7 +68,7 @@ def _destination(app: App, src_sb, dst: str) -> tuple[str, str | None]:
         eps.sort(key=lambda ep: ep.network_id not in src_nets)
         for ep in eps:
             if ep.ipv4 or ep.ipv6:
-                return _ip(ep.ipv4 or ep.ipv6) or "", sb.name
+                return ip_of(ep.ipv4 or ep.ipv6) or "", sb.name
         raise InvalidParameter(f'"{sb.name}" has no address to trace to')
     if app.dns is not None:
         for qtype in (QTYPE_A, QTYPE_AAAA):
@@ -99,16 +103,6 @@ def _interfaces(app: App, nl, net_label: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _node_names(app: App) -> dict[str, str]:
-    """Underlay address -> node name (read off the kernel worker: it asks etcd)."""
-    if app.cluster is None:
-        return {}
-    try:
-        return {n["Addr"]: n["Name"] for n in app.cluster.nodes() if n.get("Addr")}
-    except Exception:  # the store unreachable: nodes stay unnamed
-        return {}
-
-
 def _has_netns(kernel, sb) -> bool:
     """The sandbox's namespace is there (a runtime's, for an external sandbox)."""
     if sb.external:
@@ -123,14 +117,14 @@ def _sandbox_place(ctl, sb) -> trace.Place:
         ep = ctl.endpoints.get(ep_id)
         net = ctl.networks.get(ep.network_id) if ep else None
         if ep and ep.ifname and net:
-            mine = [a for a in (_ip(ep.ipv4), _ip(ep.ipv6)) if a]
+            mine = [a for a in (ip_of(ep.ipv4), ip_of(ep.ipv6)) if a]
             what[ep.ifname] = f"{net.name} {' '.join(mine)}".rstrip()
             addrs[ep.ifname] = frozenset(mine)
     return trace.Place(sb.key, sb.name, what, addrs, sandbox=True)
 
 
 def make_plan(app: App, src: str, dst: str, proto: str, port: int | None,
-              node_names: dict[str, str]) -> trace.Plan:
+              nodes: dict[str, str]) -> trace.Plan:
     ctl = app.controller
     kernel = ctl.ctx.netlink
     try:
@@ -141,8 +135,8 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None,
     if not _has_netns(kernel, src_sb):
         raise Conflict(f"sandbox {src_sb.name} has no network namespace")
     dst_ip, dst_name = _destination(app, src_sb, dst)
-    names, vxlan_ports = _names(app)
-    for addr, name in node_names.items():
+    names = address_names(app)
+    for addr, name in nodes.items():
         names.setdefault(addr, name)
     node_path = kernel.host_netns_path
     places = [_sandbox_place(ctl, src_sb)]
@@ -163,8 +157,8 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None,
             continue
         candidate = None
         if net.driver == "overlay":
-            path = kernel.netns_path("ov-" + net.id[:12])
-            if kernel.is_netns(path):
+            path = overlay_netns(app, net)
+            if path is not None:
                 vni = net.driver_state.get("vni")
                 labels = {OVERLAY_BRIDGE: f"bridge of {net.name}",
                           OVERLAY_VTEP: f"VTEP of {net.name} (VNI {vni})"}
@@ -183,7 +177,7 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None,
                       dst_name=dst_name, proto=proto, port=port, places=places,
                       node_netns=node_path, src_bridges=src_bridges,
                       node_bridges=node_bridges, node_addrs=node_addrs, names=names,
-                      vxlan_ports=frozenset(vxlan_ports))
+                      vxlan_ports=frozenset(vxlan_ports(app)))
 
 
 def analyse(app: App, plan: trace.Plan, obs: trace.Observed) -> dict[str, Any]:
@@ -213,7 +207,7 @@ def analyse(app: App, plan: trace.Plan, obs: trace.Observed) -> dict[str, Any]:
 @route("POST", "/trace", worker=False)
 def trace_probe(app: App, req: Request) -> tuple[int, Any]:
     src, dst, proto, port, timeout = _parse(req.body or {})
-    plan = app.worker.run(make_plan, app, src, dst, proto, port, _node_names(app))
+    plan = app.worker.run(make_plan, app, src, dst, proto, port, node_names(app))
     try:
         obs = trace.observe(plan, timeout)
     except (CaptureError, TraceError) as exc:

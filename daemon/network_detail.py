@@ -21,7 +21,6 @@ fails because of it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +29,12 @@ from cnet.cnm.model import Network
 from cnet.cnm.osl import diag
 from cnet.cnm.osl.netlink import LinkState, Netlink
 from cnet.daemon.app import App
+from cnet.daemon.netinfo import OVERLAY_BRIDGE, OVERLAY_VTEP, ip_of, overlay_netns
 from cnet.dns.server import STAT_FIELDS
 from cnet.ingress.firewall_view import network_firewall
 
 log = logging.getLogger(__name__)
 
-OVERLAY_BRIDGE, OVERLAY_VTEP = "br0", "vxlan0"  # drivers/overlay/driver.py
 
 
 def verbose(app: App, net: Network, peers: list[dict] | None = None) -> dict[str, Any]:
@@ -55,15 +54,6 @@ def _guard(what: str, fn: Callable[..., dict], *args) -> dict:
         return {"Error": str(exc)}
 
 
-def _addr(cidr: str | None) -> str | None:
-    if not cidr:
-        return None
-    try:
-        return ipaddress.ip_address(cidr.split("/")[0]).compressed
-    except ValueError:
-        return None
-
-
 class _Names:
     """Who is who: MAC and IP -> container (local endpoints, then remote peers), VTEP
     address -> node."""
@@ -77,7 +67,7 @@ class _Names:
             sb = ctl.sandboxes.get(ep.sandbox_id or "")
             self._add(sb.name if sb else ep.name, ep.mac, ep.ipv4, ep.ipv6)
         for node in peers:
-            vtep = _addr(node.get("IP"))
+            vtep = ip_of(node.get("IP"))
             if vtep and node.get("Name"):
                 self.node.setdefault(vtep, node["Name"])
             for ep in node.get("Endpoints", []):
@@ -90,7 +80,7 @@ class _Names:
         if mac:
             self.mac.setdefault(mac.lower(), name)
         for cidr in cidrs:
-            ip = _addr(cidr)
+            ip = ip_of(cidr)
             if ip:
                 self.ip.setdefault(ip, name)
 
@@ -118,8 +108,8 @@ def _kernel(app: App, net: Network, names: _Names) -> dict[str, Any]:
 def _bridge(app: App, net: Network, names: _Names, nl: Netlink, name: str
             ) -> dict[str, Any]:
     st = nl.link_state(name)
-    if st is None:
-        return {}
+    if st is None:  # deleted behind cnet's back: say so, it is what one looks for
+        return {"Bridge": {"Name": name, "State": "missing"}}
     bridge = _link(st)
     bridge["Addresses"] = diag.addresses(nl, st.index)
     ports, port_names = _ports(app, net, nl, st.index)
@@ -170,7 +160,7 @@ def _fdb(nl: Netlink, bridge: int, vtep: int | None, port_names: dict[int, str],
             row["Container"] = who
         if e.dst:
             row["Remote"] = e.dst
-            node = names.node.get(_addr(e.dst) or "")
+            node = names.node.get(ip_of(e.dst) or "")
             if node:
                 row["Node"] = node
         out.append(row)
@@ -185,7 +175,7 @@ def _neighbours(nl: Netlink, index: int, ifname: str, names: _Names,
                                "State": n.state}
         if sandbox:
             row["Sandbox"] = sandbox
-        who = names.ip.get(_addr(n.ip) or "")
+        who = names.ip.get(ip_of(n.ip) or "")
         if who:
             row["Container"] = who
         out.append(row)
@@ -214,8 +204,8 @@ def _sandbox_neighbours(app: App, net: Network, names: _Names) -> list[dict[str,
 
 def _overlay(app: App, net: Network, names: _Names) -> dict[str, Any]:
     kernel = app.controller.kernel
-    path = kernel.netns_path("ov-" + net.id[:12])
-    if not kernel.is_netns(path):
+    path = overlay_netns(app, net)
+    if path is None:
         return {}  # made at the first local join
     nl = kernel.sandbox(path)
     out: dict[str, Any] = {"Namespace": path}
@@ -267,4 +257,7 @@ def _dns(app: App, net: Network) -> dict[str, Any]:
         per[sb.name] = counts
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
-    return {"Total": total, "Sandboxes": dict(sorted(per.items()))}
+    # a sandbox has one resolver for all its networks: these are all its queries
+    return {"Total": total, "Sandboxes": dict(sorted(per.items())),
+            "Scope": "every query of this network's local sandboxes (one resolver per "
+                     "sandbox serves all its networks)"}

@@ -50,6 +50,11 @@ NO_ESP = ("encrypted overlay networks need IPsec ESP (kernel xfrm/esp4), "
 NO_IPSEC = "encrypted overlay networks are not supported: cnet has no IPsec data plane"
 
 
+def namespace_name(network_id: str) -> str:
+    """The per-network namespace holding br0 and vxlan0 (under the daemon's netns dir)."""
+    return "ov-" + network_id[:12]
+
+
 def _veth(endpoint: Endpoint) -> str:
     return endpoint.driver_state.get("veth") or "veth" + endpoint.id[:7]
 
@@ -93,7 +98,7 @@ class OverlayDriver(Driver):
         return self.ctx.netlink  # type: ignore[return-value]
 
     def _path(self, network: Network) -> str:
-        return self.kernel.netns_path("ov-" + network.id[:12])
+        return self.kernel.netns_path(namespace_name(network.id))
 
     # -- networks -------------------------------------------------------------
     def validate(self, network: Network) -> None:

@@ -188,3 +188,11 @@ def test_missing_table_and_macvlan_parent(daemon, outside):
     d.run_in_host("nft", "delete", "table", "inet", "cnet")
     v = _verbose(d, "mv")
     assert v["Firewall"] == {} and v["Kernel"]["Parent"]["Name"] == outside.host_if
+
+
+def test_a_bridge_deleted_behind_cnets_back_shows_missing(daemon):
+    d = daemon
+    d.cli("network", "create", "--subnet", "10.88.0.0/24", "gone")
+    br = _verbose(d, "gone")["Kernel"]["Bridge"]["Name"]
+    d.run_in_host("ip", "link", "del", br)
+    assert _verbose(d, "gone")["Kernel"] == {"Bridge": {"Name": br, "State": "missing"}}
