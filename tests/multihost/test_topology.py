@@ -1,23 +1,28 @@
 """`cnet topology` in a cluster: two cnetd on the etcd3 underlay, a sandbox on each on one
 overlay; asked on either node, both appear, each under its own node (the remote one from
-the peer table), and `--node` keeps one node."""
+the peer table), and `--node` keeps one node. Nodes are told apart by id: two daemons
+started without --node-name both carry the hostname, and both appear with their
+sandboxes."""
 
 from __future__ import annotations
 
 import json
+import re
+import socket
+from contextlib import contextmanager
 
 import harness
 import pytest
 
 
-@pytest.fixture
-def pair(etcd3):
+@contextmanager
+def _pair(etcd3, named: bool):
     daemons: list[harness.Daemon] = []
     try:
         for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
             d = harness.Daemon(ns, name=f"topo{i + 1}", args=[
                 "--cluster-store", f"etcd://{etcd3.endpoints}", "--advertise-addr", ip,
-                "--node-name", f"topo{i + 1}"])
+                *(["--node-name", f"topo{i + 1}"] if named else [])])
             daemons.append(d)
             d.start()
         yield daemons
@@ -31,6 +36,32 @@ def pair(etcd3):
         for d in daemons:
             errors += harness.shutdown_daemon(d)
         assert not errors, errors
+
+
+@pytest.fixture
+def pair(etcd3):
+    """Two daemons named topo1 and topo2."""
+    with _pair(etcd3, named=True) as daemons:
+        yield daemons
+
+
+@pytest.fixture
+def unnamed_pair(etcd3):
+    """Two daemons started without --node-name: both named after the (one) hostname."""
+    with _pair(etcd3, named=False) as daemons:
+        yield daemons
+
+
+def _overlay_with_one_sandbox_each(d1, d2) -> tuple[str, str]:
+    """topo-ov, s1 on d1's node and s2 on d2's: their addresses."""
+    d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet",
+           "10.98.0.0/24", "topo-ov")
+    harness.wait_for(lambda: d2.cli("network", "inspect", "topo-ov",
+                                    check=False).returncode == 0, timeout=5, what="topo-ov")
+    for d, name in ((d1, "s1"), (d2, "s2")):
+        d.cli("sandbox", "create", name)
+        d.cli("network", "connect", "topo-ov", name)
+    return d1.sandbox_ip("s1", "topo-ov"), d2.sandbox_ip("s2", "topo-ov")
 
 
 def _tree(d, *args: str) -> dict[str, dict[str, list[str]]]:
@@ -53,14 +84,7 @@ def _tree(d, *args: str) -> dict[str, dict[str, list[str]]]:
 
 def test_topology_shows_both_nodes_containers_on_one_overlay(pair, tmp_path):
     d1, d2 = pair
-    d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet",
-           "10.98.0.0/24", "topo-ov")
-    harness.wait_for(lambda: d2.cli("network", "inspect", "topo-ov",
-                                    check=False).returncode == 0, timeout=5, what="topo-ov")
-    for d, name in ((d1, "s1"), (d2, "s2")):
-        d.cli("sandbox", "create", name)
-        d.cli("network", "connect", "topo-ov", name)
-    ip1, ip2 = d1.sandbox_ip("s1", "topo-ov"), d2.sandbox_ip("s2", "topo-ov")
+    ip1, ip2 = _overlay_with_one_sandbox_each(d1, d2)
 
     def both_seen(d) -> dict:
         tree = _tree(d)
@@ -80,7 +104,9 @@ def test_topology_shows_both_nodes_containers_on_one_overlay(pair, tmp_path):
     assert [ln.split()[0] for ln in only2["topo2"]["topo-ov"]] == ["s2"]
     # the JSON names the nodes with their underlay address and state
     body = json.loads(d1.api("GET", "/topology").body)
-    assert [(n["Name"], n["Addr"], n["Status"], n["Self"]) for n in body["Nodes"]] == [
+    mine = {d1.daemon_id, d2.daemon_id}  # not the nodes of other tests (Down, same store)
+    assert [(n["Name"], n["Addr"], n["Status"], n["Self"]) for n in body["Nodes"]
+            if n["ID"] in mine] == [
         ("topo1", "10.99.0.1", "Ready", True), ("topo2", "10.99.0.2", "Ready", False)]
     # DOT: s2 drawn inside node2's cluster, joined to the overlay drawn outside both
     out = tmp_path / "cluster.dot"
@@ -89,7 +115,58 @@ def test_topology_shows_both_nodes_containers_on_one_overlay(pair, tmp_path):
     ov = d1.cli_json("network", "inspect", "topo-ov")[0]["Id"]
     start = next(i for i, ln in enumerate(lines) if "topo2 (10.99.0.2, Ready)" in ln)
     end = lines.index("  }", start)
-    assert any(ln.startswith('    "ctr:topo2/s2/') for ln in lines[start:end])
+    assert any(ln.startswith(f'    "ctr:{d2.daemon_id}/s2/') for ln in lines[start:end])
     assert any(ln.startswith(f'  "net:{ov}" [') for ln in lines[end:])
-    assert any(ln.startswith('  "ctr:topo2/s2/') and f'-- "net:{ov}" [label="{ip2}\\n' in ln
-               for ln in lines)
+    assert any(ln.startswith(f'  "ctr:{d2.daemon_id}/s2/')
+               and f'-- "net:{ov}" [label="{ip2}\\n' in ln for ln in lines)
+
+
+def test_two_nodes_named_after_one_hostname_are_both_shown(unnamed_pair, tmp_path):
+    """Without --node-name both nodes are called after the hostname: asked on either,
+    both nodes appear (by id), each with its own sandbox; the tree tells them apart by
+    their short id, DOT draws one cluster each."""
+    d1, d2 = unnamed_pair
+    host = socket.gethostname()
+    ip1, ip2 = _overlay_with_one_sandbox_each(d1, d2)
+    ids = {d1.daemon_id: ("s1", ip1), d2.daemon_id: ("s2", ip2)}
+    assert None not in ids and len(ids) == 2
+    # the peer table names each node by its id as well (network inspect --verbose)
+    peers = d1.cli_json("network", "inspect", "--verbose", "topo-ov")[0]["Peers"]
+    assert sorted((p["Name"], p["NodeID"], p["IP"]) for p in peers) == sorted(
+        [(host, d1.daemon_id, "10.99.0.1"), (host, d2.daemon_id, "10.99.0.2")])
+
+    def nodes_seen(d) -> list[dict]:
+        nodes = [n for n in json.loads(d.api("GET", "/topology").body)["Nodes"]
+                 if n["ID"] in ids]  # not the nodes of earlier tests (Down, same store)
+        got = {n["ID"]: [(c["Name"], a["IPv4Address"].split("/")[0])
+                         for c in n["Containers"] for a in c["Networks"]
+                         if a["Network"] == "topo-ov"] for n in nodes}
+        return nodes if got == {i: [v] for i, v in ids.items()} else []
+
+    for d in unnamed_pair:  # asked on either node: both nodes, each with its sandbox
+        nodes = harness.wait_for(lambda d=d: nodes_seen(d), timeout=5,
+                                 what=f"both nodes on {d.name}")
+        assert [(n["Name"], n["ID"], n["Self"]) for n in nodes] == [
+            (host, d.daemon_id, True),
+            (host, (ids.keys() - {d.daemon_id}).pop(), False)]
+    # the tree: two node heads of one name, told apart by their short id (other nodes
+    # listed are those of earlier tests: Down, same store)
+    text = d1.cli("topology", env={"PYTHONIOENCODING": "utf-8"}).stdout
+    blocks = {b.splitlines()[0]: b for b in text.split("\n\n")}
+    head1 = f"{host} (10.99.0.1, Ready, this node, id {d1.daemon_id[:12]})"
+    head2 = f"{host} (10.99.0.2, Ready, id {d2.daemon_id[:12]})"
+    assert list(blocks)[0] == head1 and head2 in blocks
+    assert re.search(rf"└── s1 \(sandbox\)  {re.escape(ip1)}  ", blocks[head1])
+    assert "s2" not in blocks[head1]
+    assert re.search(rf"└── s2  {re.escape(ip2)}  ", blocks[head2]) and "s1" not in blocks[head2]
+    # DOT: one cluster per node, each sandbox inside its own
+    out = tmp_path / "same.dot"
+    d2.cli("topology", "-o", out)
+    lines = out.read_text().splitlines()
+    for node_id, (name, _) in ids.items():
+        (start,) = [i for i, ln in enumerate(lines) if ln.startswith("    label=")
+                    and f"id {node_id[:12]})" in ln]
+        inside = lines[start:lines.index("  }", start)]
+        assert any(ln.startswith(f'    "ctr:{node_id}/{name}/') for ln in inside), inside
+        other = "s2" if name == "s1" else "s1"
+        assert not any(ln.startswith(f'    "ctr:{node_id}/{other}/') for ln in inside)
