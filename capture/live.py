@@ -12,6 +12,7 @@ from __future__ import annotations
 import selectors
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -119,13 +120,20 @@ class LiveCapture:
             self.close()
             raise
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Close every socket. The kernel waits for an RCU grace period per packet
+        socket (~13 ms here): with `wait=False` a thread does it, so that a caller
+        with many sockets need not wait for them."""
         if self._sel is not None:
             self._sel.close()
             self._sel = None
-        for s in self._socks:
-            s.close()
-        self._socks = []
+        socks, self._socks = self._socks, []
+        if wait or len(socks) < 2:
+            for s in socks:
+                s.close()
+            return
+        threading.Thread(target=lambda: [s.close() for s in socks], daemon=True,
+                         name="capture-close").start()
 
     def __enter__(self) -> LiveCapture:
         self.open()

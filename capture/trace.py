@@ -99,13 +99,17 @@ def observe(plan: Plan, timeout: float) -> Observed:
         matches = nftrace.flow_matches(plan.proto, probe.ident, probe.src,
                                        ":" in plan.dst_ip)
         targets = [Target(p.netns, ANY, p.label) for p in plan.places]
-        with nftrace.TraceMonitor() as monitor, nftrace.TraceTable(matches), \
-                LiveCapture(targets, _bpf(plan, probe.ident)) as cap:
-            error = probe.send()
-            answer = Answer("error", error) if error else probe.wait(timeout)
-            time.sleep(GRACE)
-            events = monitor.collect(0.02)
-            packets = cap.pending()
+        cap = LiveCapture(targets, _bpf(plan, probe.ident))
+        with nftrace.TraceMonitor() as monitor, nftrace.TraceTable(matches):
+            cap.open()
+            try:
+                error = probe.send()
+                answer = Answer("error", error) if error else probe.wait(timeout)
+                time.sleep(GRACE)
+                events = monitor.collect(0.02)
+                packets = cap.pending()
+            finally:
+                cap.close(wait=False)  # one RCU grace period per socket: not ours to wait
             rules = nftrace.rule_texts() if events else {}
             return Observed(probe.ident, probe.src, error, answer, packets, events, rules,
                             monitor.lost)

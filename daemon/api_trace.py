@@ -7,6 +7,8 @@ waits for an answer, runs on the request's thread.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from cnet.capture import trace
@@ -25,6 +27,8 @@ from cnet.daemon.netinfo import (
     vxlan_ports,
 )
 from cnet.ingress.nftrace import TraceError
+
+log = logging.getLogger(__name__)
 
 MAX_TIMEOUT = 30.0
 QTYPE_A, QTYPE_AAAA = 1, 28
@@ -171,8 +175,7 @@ def make_plan(app: App, src: str, dst: str, proto: str, port: int | None,
         if candidate is not None:
             src_bridges[ep.ifname] = candidate
     places.append(trace.Place(node_path, "node", _interfaces(app, kernel.host, node_labels)))
-    node_addrs = frozenset(cidr.split("/")[0] for link in kernel.host.links()
-                           for cidr in diag.addresses(kernel.host, link.index))
+    node_addrs = frozenset(cidr.split("/")[0] for cidr in diag.addresses(kernel.host))
     return trace.Plan(src=src_sb.name, src_netns=src_sb.key, dst=dst, dst_ip=dst_ip,
                       dst_name=dst_name, proto=proto, port=port, places=places,
                       node_netns=node_path, src_bridges=src_bridges,
@@ -207,7 +210,9 @@ def analyse(app: App, plan: trace.Plan, obs: trace.Observed) -> dict[str, Any]:
 @route("POST", "/trace", worker=False)
 def trace_probe(app: App, req: Request) -> tuple[int, Any]:
     src, dst, proto, port, timeout = _parse(req.body or {})
+    t0 = time.perf_counter()
     plan = app.worker.run(make_plan, app, src, dst, proto, port, node_names(app))
+    t1 = time.perf_counter()
     try:
         obs = trace.observe(plan, timeout)
     except (CaptureError, TraceError) as exc:
@@ -215,4 +220,8 @@ def trace_probe(app: App, req: Request) -> tuple[int, Any]:
     except OSError as exc:  # the source's namespace went away under us
         raise CnetError(f"trace failed: cannot send from {plan.src}: "
                         f"{exc.strerror or exc}") from None
-    return 200, app.worker.run(analyse, app, plan, obs)
+    t2 = time.perf_counter()
+    report = app.worker.run(analyse, app, plan, obs)
+    log.debug("trace %s -> %s: plan %.1f ms, probe %.1f ms, analysis %.1f ms", src, dst,
+              (t1 - t0) * 1000, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000)
+    return 200, report

@@ -72,10 +72,12 @@ class RouteLookup:
     prefsrc: str | None
 
 
-def addresses(nl: Netlink, ifindex: int) -> list[str]:
-    """The link's IPv4 and IPv6 addresses as CIDRs (`ip addr show dev`)."""
+def addresses(nl: Netlink, ifindex: int | None = None) -> list[str]:
+    """A link's IPv4 and IPv6 addresses as CIDRs (`ip addr show dev`); every link's
+    with no index (one dump)."""
+    kwargs = {} if ifindex is None else {"index": ifindex}
     return [f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"
-            for msg in nl.ipr_call("list addresses", "get_addr", index=ifindex)]
+            for msg in nl.ipr_call("list addresses", "get_addr", **kwargs)]
 
 
 def neighbours(nl: Netlink, ifindex: int | None = None) -> list[Neighbour]:
