@@ -267,6 +267,12 @@ def test_port_text_is_dockers():
     assert port_text("", 8080, 80, "tcp") == "0.0.0.0:8080->80/tcp"
     assert port_text("127.0.0.1", "53", "53", "udp") == "127.0.0.1:53->53/udp"
     assert port_text("0.0.0.0", 1, 2, "", target="10.0.0.2") == "0.0.0.0:1->10.0.0.2:2/tcp"
+    # `cnet ps` writes its PORTS column with it
+    from cnet.cli.container import _ports_text
+
+    assert _ports_text([{"IP": "", "PublicPort": 8080, "PrivatePort": 80, "Type": "tcp"},
+                        {"IP": "127.0.0.1", "PublicPort": 53, "PrivatePort": 53,
+                         "Type": "udp"}]) == "0.0.0.0:8080->80/tcp, 127.0.0.1:53->53/udp"
 
 
 class _Ep:
