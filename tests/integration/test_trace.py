@@ -136,6 +136,25 @@ def test_trace_published_port_shows_the_dnat(two_nets):
     assert rc == 0 and rep["Answer"]["What"] == "RST (port closed)", rep
 
 
+def test_trace_to_the_outside_shows_the_masquerade(two_nets, outside):
+    """Egress: routed by the node out of its uplink, source masqueraded (the outside
+    namespace has no route back to the sandbox subnet: the answer proves the SNAT)."""
+    d = two_nets
+    assert harness.ping(d.sandbox_key("a"), outside.outside_ip)
+    rc, rep = _trace(d, "a", outside.outside_ip)
+    assert rc == 0, rep["Verdict"]
+    assert rep["Verdict"].startswith(f"delivered: {outside.outside_ip} answered with "
+                                     "echo-reply"), rep["Verdict"]
+    masq = [r for r in rep["Rules"] if r["Chain"] == "postrouting"]
+    assert masq and masq[0]["Rule"].endswith("masquerade"), rep["Rules"]
+    assert masq[0]["Comment"] == "egress of a network" and masq[0]["Out"] == outside.host_if
+    leaving = [h for h in rep["Hops"] if h["Where"] == "node"
+               and h["Interface"] == outside.host_if and h["Direction"] == "out"]
+    assert leaving and leaving[0]["Flow"].startswith(
+        f"{outside.host_ip} -> {outside.outside_ip}"), rep["Hops"]  # the SNAT'd copy
+    assert f"route on the node: {outside.outside_ip} dev {outside.host_if}" in rep["Lookups"]
+
+
 def test_trace_no_answer_and_no_route(two_nets):
     d = two_nets
     rc, rep = _trace(d, "a", "10.71.0.200", "--timeout", "0.5")
