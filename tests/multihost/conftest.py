@@ -9,6 +9,12 @@
   A test that stops or kills members need not restart them: after every test using
   `etcd3`, stopped members are started again and the cluster is waited healthy.
 
+- `node_pair` (function scope): `node_pair(prefix, named=True)` starts cnetd on hosts 1
+  and 2, joined to `etcd3`, named PREFIX1 and PREFIX2 (with named=False: after the
+  hostname, as a cnetd without --node-name), and returns them. After the test their
+  sandboxes and unused networks are removed (the global records live on in the module's
+  etcd), then the daemons are shut down.
+
 Talk to the cluster from a host namespace: `with etcdharness.in_netns(ns): ...`.
 Everything here is skipped (with the reason) when not root, or `ip`/`nsenter`/etcd are
 missing.
@@ -80,3 +86,34 @@ def _heal_etcd3(request):
     yield
     if "etcd3" in request.fixturenames:
         request.getfixturevalue("etcd3").heal()
+
+
+@pytest.fixture
+def node_pair(etcd3, request):
+    import harness
+
+    daemons: list[harness.Daemon] = []
+
+    def start(prefix: str, named: bool = True) -> list[harness.Daemon]:
+        for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
+            name = f"{prefix}{i + 1}"
+            d = harness.Daemon(ns, name=name, args=[
+                "--cluster-store", f"etcd://{etcd3.endpoints}", "--advertise-addr", ip,
+                *(["--node-name", name] if named else [])])
+            daemons.append(d)
+            harness.register_daemon(request, d)
+            d.start()
+        return daemons
+
+    yield start
+    for d in daemons:  # what the test made (global records outlive a daemon), then it
+        if d.running:
+            ids = d.cli("sandbox", "ls", "-q", "--no-trunc", check=False).stdout.split()
+            if ids:
+                d.cli("sandbox", "rm", "-f", *ids, check=False)
+    if daemons and daemons[0].running:
+        daemons[0].cli("network", "prune", "-f", check=False)
+    errors: list[str] = []
+    for d in reversed(daemons):
+        errors += harness.shutdown_daemon(d)
+    assert not errors, errors

@@ -8,37 +8,16 @@ from __future__ import annotations
 import json
 
 import harness
-import pytest
 
 VNI_OPTION = "com.docker.network.driver.overlay.vxlanid_list"
-
-
-@pytest.fixture
-def pair(etcd3, request):
-    """cnetd on hosts 1 and 2 (node1, node2) of the etcd3 underlay."""
-    daemons: list[harness.Daemon] = []
-    try:
-        for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
-            d = harness.Daemon(ns, name=f"node{i + 1}", args=[
-                "--cluster-store", f"etcd://{etcd3.endpoints}", "--advertise-addr", ip,
-                "--node-name", f"node{i + 1}"])
-            daemons.append(d)
-            harness.register_daemon(request, d)
-            d.start()
-        yield daemons
-    finally:
-        errors = []
-        for d in reversed(daemons):
-            errors += harness.shutdown_daemon(d)
-        assert not errors, errors
 
 
 def _in(path: str, *cmd: str):
     return json.loads(harness.nsexec(path, *cmd, check=True).stdout or "[]")
 
 
-def test_overlay_vtep_fdb_and_neighbours(pair):
-    n1, n2 = pair
+def test_overlay_vtep_fdb_and_neighbours(node_pair):
+    n1, n2 = node_pair("node")
     n1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet", "10.62.0.0/24",
            "ov-v")
     harness.wait_for(lambda: n2.cli("network", "inspect", "ov-v", check=False).returncode == 0,

@@ -9,47 +9,21 @@ from __future__ import annotations
 import json
 import re
 import socket
-from contextlib import contextmanager
 
 import harness
 import pytest
 
 
-@contextmanager
-def _pair(etcd3, named: bool):
-    daemons: list[harness.Daemon] = []
-    try:
-        for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
-            d = harness.Daemon(ns, name=f"topo{i + 1}", args=[
-                "--cluster-store", f"etcd://{etcd3.endpoints}", "--advertise-addr", ip,
-                *(["--node-name", f"topo{i + 1}"] if named else [])])
-            daemons.append(d)
-            d.start()
-        yield daemons
-    finally:
-        for d in daemons:  # what the test made, then the daemons
-            for name in ("s1", "s2"):
-                d.cli("sandbox", "rm", "-f", name, check=False)
-        if daemons:
-            daemons[0].cli("network", "rm", "topo-ov", check=False)
-        errors = []
-        for d in daemons:
-            errors += harness.shutdown_daemon(d)
-        assert not errors, errors
-
-
 @pytest.fixture
-def pair(etcd3):
+def pair(node_pair):
     """Two daemons named topo1 and topo2."""
-    with _pair(etcd3, named=True) as daemons:
-        yield daemons
+    return node_pair("topo")
 
 
 @pytest.fixture
-def unnamed_pair(etcd3):
+def unnamed_pair(node_pair):
     """Two daemons started without --node-name: both named after the (one) hostname."""
-    with _pair(etcd3, named=False) as daemons:
-        yield daemons
+    return node_pair("topo", named=False)
 
 
 def _overlay_with_one_sandbox_each(d1, d2) -> tuple[str, str]:

@@ -9,33 +9,10 @@ import json
 import subprocess
 
 import harness
-import pytest
 
 
-@pytest.fixture
-def pair(etcd3):
-    daemons: list[harness.Daemon] = []
-    try:
-        for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
-            d = harness.Daemon(ns, name=f"trace{i + 1}", args=[
-                "--cluster-store", f"etcd://{etcd3.endpoints}", "--advertise-addr", ip,
-                "--node-name", f"trace{i + 1}"])
-            daemons.append(d)
-            d.start()
-        yield daemons
-    finally:
-        for d, name in zip(daemons, ("t1", "t2"), strict=False):
-            d.cli("sandbox", "rm", "-f", name, check=False)
-        if daemons:
-            daemons[0].cli("network", "rm", "trace-ov", check=False)
-        errors = []
-        for d in daemons:
-            errors += harness.shutdown_daemon(d)
-        assert not errors, errors
-
-
-def test_trace_overlay_path_names_the_remote_vtep(pair, etcd3):
-    d1, d2 = pair
+def test_trace_overlay_path_names_the_remote_vtep(node_pair, etcd3):
+    d1, d2 = node_pair("trace")
     vtep2 = etcd3.underlay.hosts[1][1]
     d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet",
            "10.97.0.0/24", "trace-ov")
