@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from cnet.cnm import timefmt
 from cnet.cnm.controller import GATEWAY_NETWORK, Controller
+from cnet.cnm.errors import InvalidParameter, NotFound
 from cnet.cnm.globalscope import VNI_OPTION
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
@@ -136,14 +137,19 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
     """Docker's container inspect (or, with summary, its `ps` list entry)."""
     sb = ctl.sandboxes.get(c["Id"])
     networks = {}
+    attached = set()
     for ep_id in sb.endpoints if sb else []:
         ep = ctl.endpoints[ep_id]
         name = ctl.networks[ep.network_id].name
+        attached.add(ep.network_id)
         if name != GATEWAY_NETWORK:  # as Docker hides docker_gwbridge
             networks[name] = endpoint_settings(ctl, ep)
-    for name, cfg in (c.get("Networks") or {}).items():  # configured, not attached (stopped)
+    for ref, cfg in (c.get("Networks") or {}).items():  # configured, not attached (stopped)
+        net = _network_or_none(ctl, ref)  # an id (an older record: a name or id prefix)
+        if net is not None and net.id in attached:
+            continue
+        name = net.name if net is not None else ref
         if name not in networks:
-            net = next((n for n in ctl.networks.values() if n.name == name), None)
             networks[name] = {"NetworkID": net.id if net else "", "EndpointID": "",
                               "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
                               "MacAddress": "", "Aliases": list((cfg or {}).get("Aliases")
@@ -176,6 +182,13 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
         "NetworkSettings": {"Networks": networks, "Ports": ports,
                             "SandboxKey": sb.key if sb else ""},
     }
+
+
+def _network_or_none(ctl: Controller, ref: str) -> Network | None:
+    try:
+        return ctl.network(ref)
+    except (NotFound, InvalidParameter):  # deleted since, or an ambiguous id prefix
+        return None
 
 
 def _ago(ts: str) -> str:
