@@ -150,10 +150,7 @@ class ContainerManager:
         networking = body.get("NetworkingConfig") or {}
         endpoints = dict(networking.get("EndpointsConfig") or {})
         mode = host.get("NetworkMode") or (next(iter(endpoints)) if endpoints else "bridge")
-        if mode not in endpoints:
-            endpoints = {mode: {}, **endpoints}
-        for net in endpoints:
-            self.ctl.network(net)  # NotFound early
+        endpoints = self._by_network_id(mode, endpoints)  # NotFound early
         exposed = dict(icfg.get("ExposedPorts") or {})
         exposed.update(body.get("ExposedPorts") or {})
         for key in host.get("PortBindings") or {}:
@@ -221,6 +218,45 @@ class ContainerManager:
             self._save(c)
         self.containers[cid] = c
         return c
+
+    def _by_network_id(self, mode: str, endpoints: dict) -> dict:
+        """The configured networks keyed by network id, `mode` (NetworkMode) first if the
+        endpoint configs do not name it: a user may give a name, an id or an id prefix,
+        and a later connect/disconnect another of them. One network named twice is bad
+        input."""
+        mode_id = self.ctl.network(mode).id
+        out: dict[str, dict] = {}
+        for ref, cfg in endpoints.items():
+            net = self.ctl.network(ref)
+            if net.id in out:
+                raise InvalidParameter(f"network {net.name} is given more than once")
+            out[net.id] = cfg
+        return out if mode_id in out else {mode_id: {}, **out}
+
+    def _network_key(self, c: dict, net) -> str | None:
+        """The key of `c["Networks"]` that stands for network `net`: its id, or in a record
+        of an older version (keyed as the user typed it) the name or an id prefix."""
+        if net.id in c["Networks"]:
+            return net.id
+        for key in c["Networks"]:
+            try:
+                if self.ctl.network(key).id == net.id:
+                    return key
+            except (NotFound, InvalidParameter):
+                continue
+        return None
+
+    def _normalise(self, c: dict) -> None:
+        """An older version's record: its networks keyed by id where they resolve (order
+        kept; a network it holds twice, once by name and once by id, is kept once)."""
+        nets: dict[str, dict] = {}
+        for key, cfg in (c.get("Networks") or {}).items():
+            try:
+                key = self.ctl.network(key).id
+            except (NotFound, InvalidParameter):
+                pass  # a deleted network: kept as it was, start reports it
+            nets.setdefault(key, cfg)
+        c["Networks"] = nets
 
     def dns_info(self, sandbox_id: str) -> tuple[list[str], list[str]] | None:
         """For the embedded DNS: a container's extra names (short id, hostname) and its
@@ -426,23 +462,25 @@ class ContainerManager:
     def connect_network(self, ref: str, net: str, cfg: dict) -> dict:
         """`network connect NET CONTAINER`: remembered, and attached now if running."""
         c = self.get(ref)
-        name = self.ctl.network(net).name
-        if name in c["Networks"]:
-            raise Conflict(f"endpoint with name {c['Name']} already exists in network {name}")
+        netobj = self.ctl.network(net)
+        if self._network_key(c, netobj) is not None:
+            raise Conflict(f"endpoint with name {c['Name']} already exists in network "
+                           f"{netobj.name}")
         if c["State"]["Running"]:
-            self._connect(c, name, cfg)
-        c["Networks"][name] = cfg
+            self._connect(c, netobj.id, cfg)
+        c["Networks"][netobj.id] = cfg
         self._save(c)
         return c
 
     def disconnect_network(self, ref: str, net: str) -> dict:
         c = self.get(ref)
-        name = self.ctl.network(net).name
-        if name not in c["Networks"]:
-            raise NotFound(f"container {c['Name']} is not connected to network {name}")
-        if c["State"]["Running"] and self.ctl.network(name).driver != "null":
-            self.ctl.disconnect(name, c["Id"])
-        del c["Networks"][name]
+        netobj = self.ctl.network(net)
+        key = self._network_key(c, netobj)
+        if key is None:
+            raise NotFound(f"container {c['Name']} is not connected to network {netobj.name}")
+        if c["State"]["Running"] and netobj.driver != "null":
+            self.ctl.disconnect(netobj.id, c["Id"])
+        del c["Networks"][key]
         self._save(c)
         return c
 
@@ -557,6 +595,7 @@ class ContainerManager:
         """The container records (the DNS names of a container's endpoints need them
         before anything is published)."""
         for rec in self.ctl.store.list("container/").values():
+            self._normalise(rec)
             self.containers[rec["Id"]] = rec
 
     def restore(self) -> None:

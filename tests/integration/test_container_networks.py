@@ -11,6 +11,7 @@ table inet cnet`) and with real traffic from the `outside` namespace.
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import harness
 
@@ -68,3 +69,61 @@ def test_inspect_of_a_created_container_on_a_network_given_by_id(cdaemon):
     for name in ("full", "short"):
         nets = inspect(d, name)["NetworkSettings"]["Networks"]
         assert list(nets) == ["byid"] and nets["byid"]["NetworkID"] == net_id, nets
+
+
+def test_disconnect_by_name_of_a_network_given_by_id(cdaemon):
+    d = cdaemon
+    net_id = d.cli("network", "create", "--subnet", "10.97.4.0/24", "byid").stdout.strip()
+    d.cli("create", "--name", "c", "--network", net_id, "busybox", "sleep", "600")
+    err = d.cli_error("network", "connect", "byid", "c")
+    assert "already exists in network byid" in err
+    d.cli("network", "disconnect", "byid", "c")
+    assert inspect(d, "c")["NetworkSettings"]["Networks"] == {}
+    d.cli("network", "connect", "byid", "c")
+    d.cli("network", "disconnect", net_id[:12], "c")
+    assert inspect(d, "c")["NetworkSettings"]["Networks"] == {}
+    # Running: the endpoint goes from the kernel too.
+    d.cli("run", "-d", "--name", "r", "--network", net_id[:12], "busybox", "sleep", "600")
+    ip = ip_on(d, "r", "byid")
+    assert ip in d.cli("exec", "r", "ip", "-4", "addr").stdout
+    d.cli("network", "disconnect", "byid", "r")
+    assert inspect(d, "r")["NetworkSettings"]["Networks"] == {}
+    assert ip not in d.cli("exec", "r", "ip", "-4", "addr").stdout
+    assert d.cli_json("network", "inspect", "byid")[0]["Containers"] == {}
+    d.cli("rm", "-f", "r")
+
+
+def test_records_of_older_versions_keyed_by_name_or_id_prefix(cdaemon):
+    """Records written before networks were stored by id keep working: keyed by the name
+    or by the id prefix the user typed."""
+    d = cdaemon
+    net_id = d.cli("network", "create", "--subnet", "10.97.5.0/24", "old").stdout.strip()
+    d.cli("create", "--name", "byname", "--network", "old", "busybox", "sleep", "600")
+    d.cli("create", "--name", "byprefix", "--network", "old", "busybox", "sleep", "600")
+    d.stop()
+    db = sqlite3.connect(str(d.data_root / "cnet.db"))
+    try:
+        for name, key in (("byname", "old"), ("byprefix", net_id[:12])):
+            ((k, v),) = [(k, json.loads(v)) for k, v in db.execute(
+                "SELECT key, value FROM kv WHERE key LIKE 'container/%'")
+                if json.loads(v)["Name"] == name]
+            v["Networks"] = {key: {}}
+            db.execute("UPDATE kv SET value = ? WHERE key = ?", (json.dumps(v), k))
+        db.commit()
+    finally:
+        db.close()
+    d.start()
+    for name in ("byname", "byprefix"):
+        nets = inspect(d, name)["NetworkSettings"]["Networks"]
+        assert list(nets) == ["old"] and nets["old"]["NetworkID"] == net_id
+    d.cli("start", "byname", "byprefix")
+    ip = ip_on(d, "byname", "old")
+    assert ip.startswith("10.97.5.")
+    assert harness.wait_for(lambda: d.cli("exec", "byprefix", "ping", "-c1", "-W1", ip,
+                                          check=False).returncode == 0, timeout=5)
+    d.cli("network", "disconnect", net_id, "byname")
+    d.cli("network", "disconnect", "old", "byprefix")
+    for name in ("byname", "byprefix"):
+        assert inspect(d, name)["NetworkSettings"]["Networks"] == {}
+    assert d.cli_json("network", "inspect", "old")[0]["Containers"] == {}
+    d.cli("rm", "-f", "byname", "byprefix")
