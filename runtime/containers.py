@@ -468,6 +468,12 @@ class ContainerManager:
                            f"{netobj.name}")
         if c["State"]["Running"]:
             self._connect(c, netobj.id, cfg)
+            try:
+                self._ports_follow(c, strict=True)
+            except Exception:
+                self.ctl.disconnect(netobj.id, c["Id"])
+                self._ports_follow(c)
+                raise
         c["Networks"][netobj.id] = cfg
         self._save(c)
         return c
@@ -480,9 +486,46 @@ class ContainerManager:
             raise NotFound(f"container {c['Name']} is not connected to network {netobj.name}")
         if c["State"]["Running"] and netobj.driver != "null":
             self.ctl.disconnect(netobj.id, c["Id"])
+            self._ports_follow(c)
         del c["Networks"][key]
         self._save(c)
         return c
+
+    def _ports_follow(self, c: dict, strict: bool = False) -> None:
+        """After a running container's endpoints changed: its published ports go where
+        `start` puts them, the first joined bridge endpoint with IPv4 (`_ipv4`), keeping
+        their host ports; unpublished when there is none, published again when there is
+        one once more. Docker (libnetwork sbLeave/sbJoin) likewise revokes the bindings
+        on the endpoint that held them and programs them on the sandbox's next gateway
+        endpoint. Never left DNATing to an address the container gave back: if moving
+        fails they are unpublished (`strict`: the error is raised, for a connect to undo)."""
+        if self.ports is None or not c["State"]["Running"]:
+            return
+        want, have = self._ipv4(c), self.ports.target(c["Id"])
+        try:
+            if have is not None and want is None:
+                self._unpublish(c)
+            elif have is not None and want != have:
+                self.ports.retarget(c["Id"], want)
+            elif have is None and want is not None:
+                c["Ports"] = self.ports.publish(c["Id"], want, c["HostConfig"],
+                                                c["Config"]["ExposedPorts"])
+            else:
+                return
+        except Exception as exc:
+            if self.ports.target(c["Id"]) not in (None, want):
+                self._unpublish(c)
+            if strict:
+                raise
+            log.warning("ports of %s not published on %s (left unpublished): %s",
+                        c["Name"], want, exc)
+        self._save(c)
+
+    def _unpublish(self, c: dict) -> None:
+        try:
+            self.ports.release(c["Id"])
+        finally:
+            c["Ports"] = {}
 
     def _release(self, c: dict, p: Paths) -> None:
         if self.ports is not None:
@@ -608,7 +651,11 @@ class ContainerManager:
                 pid = _shim_pid(p.state) if shimclient.shim_alive(p.state) else None
                 if pid:
                     if self.ports is not None:
-                        self.ports.restore(c["Id"], self._ipv4(c), c["Ports"])
+                        ip = self._ipv4(c)
+                        self.ports.restore(c["Id"], ip, c["Ports"])
+                        if ip is None and c["Ports"]:  # (nothing to DNAT them to)
+                            c["Ports"] = {}
+                            self._save(c)
                     self.monitor.watch(c["Id"], pid)
                     continue
                 self._on_exit(c["Id"])

@@ -3,7 +3,9 @@
 Docker's semantics: `-p [HOSTIP:][HOSTPORT:]PORT[/proto]`, `-P` publishes every
 exposed port on a free host port, a port taken on an address (or on all of
 them) is "already allocated", and everything is released when the container
-stops. The packets are nftables' business (cnet.ingress.ports).
+stops. The bindings are DNATed to one address of the container (see
+ContainerManager._ports_follow: they move when that endpoint goes, keeping their host
+ports). The packets are nftables' business (cnet.ingress.firewall).
 
 `port_text` is the one place that writes a binding the way `docker ps` shows it; the CLI
 imports this module for it (`cnet ps`), so the module stays cheap to import (`secrets` is
@@ -138,6 +140,27 @@ class PortPublisher:
             done = list(self._by_container.get(owner, ()))
         return sorted(Published(proto, ip, hp, target, port)
                       for (proto, ip, hp), target, port in done)
+
+    def target(self, owner: str) -> str | None:
+        """The address `owner`'s bindings are DNATed to; None when it published nothing."""
+        with self._lock:
+            done = self._by_container.get(owner)
+            return done[0][1] if done else None
+
+    def retarget(self, owner: str, container_ip: str) -> None:
+        """DNAT `owner`'s bindings to another of its addresses, keeping their host ports
+        (Docker moves them when the endpoint holding them leaves). One nft batch: each
+        binding's DNAT chain is flushed and refilled, its map element stays."""
+        with self._lock:
+            done = self._by_container.get(owner)
+            if not done:
+                return
+            moved = [(binding, container_ip, port) for binding, _, port in done]
+            if moved == done:
+                return
+            if self.ingress is not None:
+                self.ingress.publish(moved)
+            self._by_container[owner] = moved
 
     def release(self, cid: str) -> None:
         with self._lock:

@@ -61,6 +61,86 @@ PUBLISHED = ("80/tcp -> 0.0.0.0:18099", {"80/tcp": [{"HostIp": "0.0.0.0",
                                                      "HostPort": "18099"}]})
 
 
+def test_published_ports_follow_the_container_when_their_network_goes(cdaemon, outside):
+    d = cdaemon
+    d.cli("network", "create", "--subnet", "10.97.1.0/24", "pa")
+    d.cli("network", "create", "--subnet", "10.97.2.0/24", "pb")
+    web(d, "w", "pa", "-p", "18099:80")
+    pa_ip = ip_on(d, "w", "pa")
+    assert harness.wait_for(lambda: http_get(outside.path), timeout=5) == "hi-from-w"
+    d.cli("network", "connect", "pb", "w")
+    pb_ip = ip_on(d, "w", "pb")
+    assert dnat_targets(d, 18099) == {pa_ip}  # a connect leaves them where they are
+    # The network carrying them goes: they move to w's address on pb, same host port.
+    d.cli("network", "disconnect", "pa", "w")
+    assert dnat_targets(d, 18099) == {pb_ip}
+    assert ports_of(d, "w") == PUBLISHED
+    # pa's address is free again: a container given it gets none of w's traffic.
+    web(d, "squatter", "pa", "--ip", pa_ip)
+    assert ip_on(d, "squatter", "pa") == pa_ip
+    assert http_get(outside.path) == "hi-from-w"
+    assert http_get(d.host_ns, "http://127.0.0.1:18099/") == "hi-from-w"
+    # No bridge network left: unpublished, the port refuses, nothing shows it.
+    d.cli("network", "disconnect", "pb", "w")
+    assert dnat_targets(d, 18099) == set()
+    assert http_get(outside.path) == ""
+    assert ports_of(d, "w") == ("", {})
+    assert "18099" not in d.cli("ps").stdout
+    # Back on a bridge network: published again, to the new address.
+    d.cli("network", "connect", "pb", "w")
+    pb_ip = ip_on(d, "w", "pb")
+    assert dnat_targets(d, 18099) == {pb_ip}
+    assert http_get(outside.path) == "hi-from-w"
+    assert ports_of(d, "w") == PUBLISHED
+    # A second bridge network joined later does not take them; restarts keep them on pb.
+    d.cli("network", "connect", "pa", "w")
+    assert dnat_targets(d, 18099) == {pb_ip}
+    d.cli("restart", "-t", "1", "w")
+    pb_ip = ip_on(d, "w", "pb")
+    assert dnat_targets(d, 18099) == {pb_ip}
+    assert harness.wait_for(lambda: http_get(outside.path), timeout=5) == "hi-from-w"
+    d.restart()
+    assert dnat_targets(d, 18099) == {pb_ip}
+    assert http_get(outside.path) == "hi-from-w" and ports_of(d, "w") == PUBLISHED
+    d.cli("rm", "-f", "w", "squatter")
+    assert dnat_targets(d, 18099) == set()
+
+
+def test_a_random_host_port_keeps_its_number_when_it_moves(cdaemon, outside):
+    d = cdaemon
+    d.cli("network", "create", "--subnet", "10.97.3.0/24", "pc")
+    web(d, "r", "bridge", "-p", "80")
+    port = int(d.cli("port", "r", "80").stdout.strip().rsplit(":", 1)[1])
+    d.cli("network", "connect", "pc", "r")
+    d.cli("network", "disconnect", "bridge", "r")
+    assert dnat_targets(d, port) == {ip_on(d, "r", "pc")}
+    assert d.cli("port", "r", "80").stdout.strip() == f"0.0.0.0:{port}"
+    assert http_get(outside.path, f"http://192.0.2.1:{port}/") == "hi-from-r"
+
+
+def test_a_connect_that_cannot_publish_again_is_undone(cdaemon, outside):
+    """Unpublished (no bridge network left), then its host port taken by another: a
+    connect to a bridge network fails as Docker's does (the join cannot program the
+    bindings) and leaves nothing; the other container keeps the port."""
+    d = cdaemon
+    d.cli("network", "create", "--subnet", "10.97.6.0/24", "pd")
+    web(d, "w", "bridge", "-p", "18099:80")
+    d.cli("network", "disconnect", "bridge", "w")
+    web(d, "x", "bridge", "-p", "18099:80")
+    assert harness.wait_for(lambda: http_get(outside.path), timeout=5) == "hi-from-x"
+    err = d.cli_error("network", "connect", "pd", "w")
+    assert "port is already allocated" in err
+    assert inspect(d, "w")["NetworkSettings"]["Networks"] == {}
+    assert ports_of(d, "w") == ("", {})
+    assert d.cli_json("network", "inspect", "pd")[0]["Containers"] == {}
+    assert dnat_targets(d, 18099) == {ip_on(d, "x", "bridge")}
+    assert http_get(outside.path) == "hi-from-x"
+    d.cli("rm", "-f", "x")
+    d.cli("network", "connect", "pd", "w")
+    assert dnat_targets(d, 18099) == {ip_on(d, "w", "pd")}
+    assert http_get(outside.path) == "hi-from-w"
+
+
 def test_inspect_of_a_created_container_on_a_network_given_by_id(cdaemon):
     d = cdaemon
     net_id = d.cli("network", "create", "byid").stdout.strip()
