@@ -17,9 +17,10 @@ made on another node may share one).
 
 Published ports are read from the port publisher (what the kernel DNATs, to which
 address), never recomputed: each is shown on the endpoint that holds its target
-address; a container's ports whose target none of its endpoints holds (the address
-left with a `network disconnect`) are listed on the container, as
-"HOSTIP:HOSTPORT->TARGET:PORT/PROTO" in "UnattachedPorts".
+address; a container's ports whose target none of its endpoints holds (the runtime
+moves them at every connect/disconnect, so this shows a fault, e.g. a daemon that died
+midway) are listed on the container, as "HOSTIP:HOSTPORT->TARGET:PORT/PROTO" in
+"UnattachedPorts".
 """
 
 from __future__ import annotations
