@@ -320,8 +320,14 @@ class ContainerManager:
             spec = self._spec(c, p, sb)
             with open(os.path.join(p.bundle, "config.json"), "w") as f:
                 json.dump(spec, f)
-            if self.ports is not None:
-                c["Ports"] = self.ports.publish(c["Id"], self._ipv4(c), c["HostConfig"],
+            target = self._ipv4(c)
+            if self.ports is not None and target is None:
+                # Docker: no endpoint with external connectivity (none, macvlan, only
+                # internal networks): the container starts without its bindings; a later
+                # connect to a bridge network publishes them (_follow_ports).
+                c["Ports"] = {}
+            elif self.ports is not None:
+                c["Ports"] = self.ports.publish(c["Id"], target, c["HostConfig"],
                                                 c["Config"]["ExposedPorts"])
                 undo.push(self.ports.release, c["Id"])
             shutil.rmtree(p.state, ignore_errors=True)
@@ -354,7 +360,8 @@ class ContainerManager:
         sb = self.ctl.sandbox(c["Id"])
         for ep_id in sb.endpoints:
             ep = self.ctl.endpoints[ep_id]
-            if ep.ipv4 and self.ctl.networks[ep.network_id].driver == "bridge":
+            net = self.ctl.networks[ep.network_id]
+            if ep.ipv4 and net.driver == "bridge" and not net.internal:
                 return ep.ipv4.split("/")[0]
         return None
 

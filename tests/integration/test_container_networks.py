@@ -118,6 +118,25 @@ def test_a_random_host_port_keeps_its_number_when_it_moves(cdaemon, outside):
     assert http_get(outside.path, f"http://192.0.2.1:{port}/") == "hi-from-r"
 
 
+def test_ports_wait_for_a_network_with_external_connectivity(cdaemon, outside):
+    """As Docker: with no bridge network (none, or only internal ones) a container with
+    -p starts without its bindings; a connect to a bridge network publishes them, and a
+    restart after leaving it starts again without them."""
+    d = cdaemon
+    d.cli("network", "create", "--internal", "--subnet", "10.97.4.0/24", "inner")
+    web(d, "lone", "inner", "-p", "18099:80")
+    assert inspect(d, "lone")["State"]["Running"]
+    assert d.cli("port", "lone").stdout.strip() == "" and dnat_targets(d, 18099) == set()
+    d.cli("network", "create", "--subnet", "10.97.5.0/24", "outer")
+    d.cli("network", "connect", "outer", "lone")
+    assert dnat_targets(d, 18099) == {ip_on(d, "lone", "outer")}
+    assert http_get(outside.path) == "hi-from-lone"
+    d.cli("network", "disconnect", "outer", "lone")
+    d.cli("restart", "lone")
+    assert inspect(d, "lone")["State"]["Running"] and dnat_targets(d, 18099) == set()
+    assert http_get(outside.path) == ""
+
+
 def test_a_connect_that_cannot_publish_again_is_undone(cdaemon, outside):
     """Unpublished (no bridge network left), then its host port taken by another: a
     connect to a bridge network fails as Docker's does (the join cannot program the
