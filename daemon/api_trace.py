@@ -102,7 +102,7 @@ def _interfaces(app: App, nl, net_label: dict[str, str]) -> dict[str, str]:
         elif link.ifname in net_label:
             what = net_label[link.ifname]
         else:
-            what = "lo" if link.ifname == "lo" else (link.kind or "link")
+            what = "lo" if link.ifname == "lo" else f"not cnet's: {link.kind or 'link'}"
         out[link.ifname] = what
     return out
 

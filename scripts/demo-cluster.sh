@@ -229,6 +229,12 @@ else
     say "(tcpdump not installed: no underlay capture)"
 fi
 
+say "the same path, traced: the FDB names node2's VTEP, the VXLAN copy leaves the underlay"
+on 1 trace c1 c2
+
+say "both nodes, their networks and containers, seen from node1"
+on 1 topology
+
 say "the walkthrough's objects go"
 on 1 rm -f c1
 on 2 rm -f c2
