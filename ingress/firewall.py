@@ -505,16 +505,22 @@ class Firewall:
             self._run(render_ports("add", entries))
 
     def unpublish(self, entries: list[PortEntry]) -> None:
-        """Remove published ports (one batch); entries already gone are not an error."""
+        """Remove published ports (one batch). Pieces already gone are not an error; any
+        other failure is raised (after removing what can be), so that the caller keeps
+        the bindings recorded rather than believing the kernel no longer DNATs them."""
         with self._lock:
             try:
                 self._run(render_ports("delete", entries))
             except FirewallError:
-                for entry in entries:  # some were missing: remove the rest one by one
+                errors: list[FirewallError] = []
+                for cmd in render_ports("delete", entries):  # one by one: the rest go
                     try:
-                        self._run(render_ports("delete", [entry]))
-                    except FirewallError:
-                        pass
+                        self._run([cmd])
+                    except FirewallError as e:
+                        if not _is_missing(str(e)):
+                            errors.append(e)
+                if errors:
+                    raise errors[0] from None
 
     def delete_table(self) -> None:
         """Delete the whole table; no error when it does not exist."""

@@ -14,11 +14,13 @@ imported where a free port is picked).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import NamedTuple
 
 from cnet.cnm.errors import Conflict, InvalidParameter
 
+log = logging.getLogger(__name__)
 Binding = tuple[str, str, int]  # (proto, host ip or "", host port)
 
 
@@ -104,6 +106,7 @@ class PortPublisher:
             raise InvalidParameter("published ports need a bridge network with IPv4")
         result: dict[str, list[dict]] = {}
         with self._lock:
+            self._release_locked(cid)  # what a failed unpublish of this owner left behind
             done: list[tuple[Binding, str, int]] = []
             try:
                 for key, bindings in wanted.items():
@@ -163,17 +166,31 @@ class PortPublisher:
             self._by_container[owner] = moved
 
     def release(self, cid: str) -> None:
+        """Unpublish `cid`'s bindings, then forget them. If the firewall fails they stay
+        recorded (still reserved, still shown): the kernel may still DNAT them, and a later
+        release (or publish for the same owner) tries again."""
         with self._lock:
-            done = self._by_container.pop(cid, [])
-            for binding, _, _ in done:
-                self._taken.pop(binding, None)
-            if done and self.ingress is not None:
-                self.ingress.unpublish(done)
+            self._release_locked(cid)
 
-    def restore(self, cid: str, container_ip: str | None, ports: dict) -> None:
-        """After a daemon restart: take the running container's bindings back."""
-        if not ports or container_ip is None:
+    def _release_locked(self, cid: str) -> None:
+        done = self._by_container.get(cid)
+        if not done:
+            self._by_container.pop(cid, None)
             return
+        if self.ingress is not None:
+            self.ingress.unpublish(done)
+        del self._by_container[cid]
+        for binding, _, _ in done:
+            if self._taken.get(binding) == cid:
+                del self._taken[binding]
+
+    def restore(self, cid: str, container_ip: str | None, ports: dict) -> bool:
+        """After a daemon restart: take the running container's bindings back. A host
+        port already held by another owner (two records claiming it, e.g. after a crash)
+        is never given to both: this owner gets none of its bindings back, the clash is
+        logged. True when they were taken back."""
+        if not ports or container_ip is None:
+            return False
         done = []
         with self._lock:
             for key, bindings in ports.items():
@@ -181,8 +198,20 @@ class PortPublisher:
                 for b in bindings or []:
                     ip = "" if b["HostIp"] in ("", "0.0.0.0") else b["HostIp"]
                     binding = (proto or "tcp", ip, int(b["HostPort"]))
-                    self._taken[binding] = cid
+                    holder = next((o for (p, i, n), o in self._taken.items()
+                                   if p == binding[0] and n == binding[2] and o != cid
+                                   and (not ip or not i or i == ip)), None)
+                    if holder is not None or any(d[0] == binding for d in done):
+                        log.error("published port %s of %s not restored: already held by "
+                                  "%s", port_text(ip, binding[2], port, binding[0]),
+                                  cid[:12], (holder or cid)[:12])
+                        return False
                     done.append((binding, container_ip, int(port)))
-            self._by_container[cid] = done
+            if not done:
+                return False
             if self.ingress is not None:
                 self.ingress.publish(done)
+            for binding, _, _ in done:
+                self._taken[binding] = cid
+            self._by_container[cid] = done
+        return True
