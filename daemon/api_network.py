@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnet.cnm.errors import InvalidParameter, NotFound
+from cnet.cnm.errors import Conflict, InvalidParameter, NotFound
 from cnet.daemon import network_detail
 from cnet.daemon.api import Request, route
 from cnet.daemon.app import App
@@ -149,10 +149,24 @@ def sandbox_inspect(app: App, req: Request) -> tuple[int, Any]:
     return 200, sandbox_view(ctl, ctl.sandbox(req.params[0]))
 
 
+def _not_a_container(app: App, sandbox_id: str | None, hint: str) -> None:
+    """The low-level sandbox and endpoint routes are for bare sandboxes (cnet sandbox,
+    cnet-cni, external ones): a container's sandbox changes through the container runtime,
+    which keeps its record and moves its published ports (these routes would give its
+    addresses back and leave the host ports DNATed to them)."""
+    if not sandbox_id or app.containers is None:
+        return
+    c = app.containers.containers.get(sandbox_id)
+    if c is not None:
+        raise Conflict(f"{c['Name']} is a container: {hint}")
+
+
 @route("DELETE", "/sandboxes/([^/]+)")
 def sandbox_delete(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    ctl.delete_sandbox(req.params[0], force=req.query.get("force") in ("1", "true"))
+    sb = ctl.sandbox(req.params[0])
+    _not_a_container(app, sb.id, "use cnet rm")
+    ctl.delete_sandbox(sb.id, force=req.query.get("force") in ("1", "true"))
     return 204, None
 
 
@@ -176,17 +190,24 @@ def endpoint_inspect(app: App, req: Request) -> tuple[int, Any]:
 @route("POST", "/endpoints/([0-9a-f]+)/join")
 def endpoint_join(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    return 200, endpoint_view(ctl, ctl.join(req.params[0], req.body.get("Sandbox") or ""))
+    ep = ctl.endpoint(req.params[0])
+    sb = ctl.sandbox(req.body.get("Sandbox") or "")
+    _not_a_container(app, sb.id, "use cnet network connect")
+    return 200, endpoint_view(ctl, ctl.join(ep.id, sb.id))
 
 
 @route("POST", "/endpoints/([0-9a-f]+)/leave")
 def endpoint_leave(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    return 200, endpoint_view(ctl, ctl.leave(req.params[0]))
+    ep = ctl.endpoint(req.params[0])
+    _not_a_container(app, ep.sandbox_id, "use cnet network disconnect")
+    return 200, endpoint_view(ctl, ctl.leave(ep.id))
 
 
 @route("DELETE", "/endpoints/([0-9a-f]+)")
 def endpoint_delete(app: App, req: Request) -> tuple[int, Any]:
     ctl = app.controller
-    ctl.delete_endpoint(req.params[0])
+    ep = ctl.endpoint(req.params[0])
+    _not_a_container(app, ep.sandbox_id, "use cnet network disconnect")
+    ctl.delete_endpoint(ep.id)
     return 204, None
