@@ -233,28 +233,48 @@ class ContainerManager:
             out[net.id] = cfg
         return out if mode_id in out else {mode_id: {}, **out}
 
+    def _stored_network(self, key: str):
+        """The network a key of `c["Networks"]` stands for, or None (a deleted network).
+        Keys are network ids; an older version's record holds what the user typed: a name,
+        or an id prefix as `network ls` shows it (12 digits or more). A shorter prefix is
+        not taken: such a key is the name of a deleted network that happens to be hex
+        ("db", "cafe"), not a reference to whichever network's id starts so."""
+        net = self.ctl.networks.get(key)
+        if net is not None:
+            return net
+        named = [n for n in self.ctl.networks.values() if n.name == key]
+        if len(named) == 1:
+            return named[0]
+        if len(key) >= 12 and all(ch in "0123456789abcdef" for ch in key):
+            prefixed = [n for n in self.ctl.networks.values() if n.id.startswith(key)]
+            if len(prefixed) == 1:
+                return prefixed[0]
+        return None
+
     def _network_key(self, c: dict, net) -> str | None:
         """The key of `c["Networks"]` that stands for network `net`: its id, or in a record
         of an older version (keyed as the user typed it) the name or an id prefix."""
         if net.id in c["Networks"]:
             return net.id
         for key in c["Networks"]:
-            try:
-                if self.ctl.network(key).id == net.id:
-                    return key
-            except (NotFound, InvalidParameter):
-                continue
+            found = self._stored_network(key)
+            if found is not None and found.id == net.id:
+                return key
         return None
 
     def _normalise(self, c: dict) -> None:
-        """An older version's record: its networks keyed by id where they resolve (order
-        kept; a network it holds twice, once by name and once by id, is kept once)."""
+        """An older version's record: its networks keyed by id where they resolve exactly
+        (`_stored_network`; order kept; a network it holds twice, once by name and once by
+        id, is kept once). Any other key is kept as it is and logged: a deleted network,
+        which start reports and `network disconnect` drops."""
         nets: dict[str, dict] = {}
         for key, cfg in (c.get("Networks") or {}).items():
-            try:
-                key = self.ctl.network(key).id
-            except (NotFound, InvalidParameter):
-                pass  # a deleted network: kept as it was, start reports it
+            net = self._stored_network(key)
+            if net is not None:
+                key = net.id
+            else:
+                log.warning("container %s: network %s not found (kept as is)",
+                            c.get("Name"), key)
             nets.setdefault(key, cfg)
         c["Networks"] = nets
 
@@ -312,8 +332,11 @@ class ContainerManager:
         p = self.paths(c)
         sb = self.ctl.sandbox(c["Id"])
         with Undo() as undo:
-            for net, cfg in c["Networks"].items():
-                self._connect(c, net, cfg, undo)
+            for key, cfg in c["Networks"].items():
+                net = self._stored_network(key)
+                if net is None:
+                    raise NotFound(f"network {key} not found")  # Docker's words
+                self._connect(c, net.id, cfg, undo)
             image = self.images.resolve(c["Image"])
             rootfs.mount(self.images.layer_dirs(image), p.layer, p.rootfs)
             undo.push(rootfs.unmount, p.rootfs)
@@ -373,7 +396,8 @@ class ContainerManager:
             addrs += [a.split("/")[0] for a in (ep.ipv4, ep.ipv6) if a]
             names += [a for a in ep.aliases if a not in names]
         servers, search = etcfiles.host_resolv()
-        if any(self.ctl.network(n).user_defined for n in c["Networks"]):
+        if any(n is not None and n.user_defined
+               for n in map(self._stored_network, c["Networks"])):
             # The embedded resolver answers (and forwards to --dns / the daemon's / the
             # host's servers); ndots:0 so single names are tried as they are first.
             servers, options = ["127.0.0.11"], ["ndots:0"]
@@ -474,12 +498,21 @@ class ContainerManager:
             raise Conflict(f"endpoint with name {c['Name']} already exists in network "
                            f"{netobj.name}")
         if c["State"]["Running"]:
-            self._connect(c, netobj.id, cfg)
+            # Every endpoint change, done or failed half way (the gateway-bridge endpoint
+            # may be gone), is followed by the ports: never DNATed to a given-back address.
+            try:
+                self._connect(c, netobj.id, cfg)
+            except BaseException:
+                self._ports_follow_quietly(c)
+                raise
             try:
                 self._ports_follow(c, strict=True)
-            except Exception:
-                self.ctl.disconnect(netobj.id, c["Id"])
-                self._ports_follow(c)
+            except BaseException:
+                try:
+                    self.ctl.disconnect(netobj.id, c["Id"])
+                except Exception:  # logged: the caller is told why the connect failed
+                    log.exception("undoing the connect of %s to %s", c["Name"], netobj.name)
+                self._ports_follow_quietly(c)
                 raise
         c["Networks"][netobj.id] = cfg
         self._save(c)
@@ -487,25 +520,46 @@ class ContainerManager:
 
     def disconnect_network(self, ref: str, net: str) -> dict:
         c = self.get(ref)
+        if net in c["Networks"] and self._stored_network(net) is None:
+            # A deleted network, named as the record holds it (id, or an older record's
+            # name): Docker drops the key without asking for the network.
+            del c["Networks"][net]
+            self._save(c)
+            return c
         netobj = self.ctl.network(net)
         key = self._network_key(c, netobj)
         if key is None:
             raise NotFound(f"container {c['Name']} is not connected to network {netobj.name}")
         if c["State"]["Running"] and netobj.driver != "null":
-            self.ctl.disconnect(netobj.id, c["Id"])
-            self._ports_follow(c)
+            sb = self.ctl.sandboxes.get(c["Id"])
+            if sb is not None and any(self.ctl.endpoints[e].network_id == netobj.id
+                                      for e in sb.endpoints if e in self.ctl.endpoints):
+                try:
+                    self.ctl.disconnect(netobj.id, c["Id"])
+                except BaseException:  # maybe half done: the endpoint may be gone
+                    self._ports_follow_quietly(c)
+                    raise
+                self._ports_follow(c)
+            else:  # a crash after the endpoint went, before the record was saved
+                log.warning("container %s had no endpoint on %s: record entry dropped",
+                            c["Name"], netobj.name)
+                self._ports_follow(c)
         del c["Networks"][key]
         self._save(c)
         return c
 
     def _ports_follow(self, c: dict, strict: bool = False) -> None:
-        """After a running container's endpoints changed: its published ports go where
-        `start` puts them, the first joined bridge endpoint with IPv4 (`_ipv4`), keeping
-        their host ports; unpublished when there is none, published again when there is
-        one once more. Docker (libnetwork sbLeave/sbJoin) likewise revokes the bindings
-        on the endpoint that held them and programs them on the sandbox's next gateway
-        endpoint. Never left DNATing to an address the container gave back: if moving
-        fails they are unpublished (`strict`: the error is raised, for a connect to undo)."""
+        """After a running container's endpoints changed (run after every connect,
+        disconnect and undo, even one that failed half way): its published ports go where
+        `start` puts them, keeping their host ports: the first joined (in join order)
+        endpoint on a non-internal bridge network with IPv4 (`_ipv4`; the gateway bridge
+        counts); unpublished when there is none, published again when there is one once
+        more. Docker (libnetwork sbLeave/sbJoin) likewise revokes the bindings on the
+        endpoint that held them and programs them on the sandbox's next gateway endpoint,
+        but picks it by gw-priority then network name; cnet follows its default-route
+        rule, the first joined. Never left DNATing to an address the container gave back:
+        if moving fails they are unpublished (`strict`: the error is raised, for a connect
+        to undo); if even that fails it is logged and they stay recorded as published."""
         if self.ports is None or not c["State"]["Running"]:
             return
         want, have = self._ipv4(c), self.ports.target(c["Id"])
@@ -521,18 +575,27 @@ class ContainerManager:
                 return
         except Exception as exc:
             if self.ports.target(c["Id"]) not in (None, want):
-                self._unpublish(c)
+                try:
+                    self._unpublish(c)
+                except Exception:
+                    log.exception("ports of %s could not be unpublished", c["Name"])
             if strict:
                 raise
             log.warning("ports of %s not published on %s (left unpublished): %s",
                         c["Name"], want, exc)
         self._save(c)
 
-    def _unpublish(self, c: dict) -> None:
+    def _ports_follow_quietly(self, c: dict) -> None:
+        """`_ports_follow` while another error is on its way to the caller: logged, never
+        raised over it."""
         try:
-            self.ports.release(c["Id"])
-        finally:
-            c["Ports"] = {}
+            self._ports_follow(c)
+        except Exception:
+            log.exception("moving the ports of %s", c["Name"])
+
+    def _unpublish(self, c: dict) -> None:
+        self.ports.release(c["Id"])  # failed: still published, still shown
+        c["Ports"] = {}
 
     def _release(self, c: dict, p: Paths) -> None:
         if self.ports is not None:
@@ -648,6 +711,25 @@ class ContainerManager:
             self._normalise(rec)
             self.containers[rec["Id"]] = rec
 
+    def _restore_ports(self, c: dict) -> None:
+        """Daemon start, a running container: its recorded bindings taken back on its
+        `_ipv4` address (none to DNAT them to: dropped; a host port another owner holds:
+        refused, logged, dropped). A record without bindings although it asks for some
+        (a crash before the record of a publish was saved) gets them published now."""
+        ip = self._ipv4(c)
+        if c["Ports"]:
+            try:
+                taken = self.ports.restore(c["Id"], ip, c["Ports"])
+            except Exception:
+                log.exception("restoring the ports of %s", c["Name"])
+                taken = False
+            if not taken:
+                c["Ports"] = {}
+                self._save(c)
+        elif ip is not None and (c["HostConfig"].get("PortBindings")
+                                 or c["HostConfig"].get("PublishAllPorts")):
+            self._ports_follow(c)
+
     def restore(self) -> None:
         """Find running containers again; apply `always`/`unless-stopped` after a reboot."""
         if not self.containers:
@@ -658,11 +740,7 @@ class ContainerManager:
                 pid = _shim_pid(p.state) if shimclient.shim_alive(p.state) else None
                 if pid:
                     if self.ports is not None:
-                        ip = self._ipv4(c)
-                        self.ports.restore(c["Id"], ip, c["Ports"])
-                        if ip is None and c["Ports"]:  # (nothing to DNAT them to)
-                            c["Ports"] = {}
-                            self._save(c)
+                        self._restore_ports(c)
                     self.monitor.watch(c["Id"], pid)
                     continue
                 self._on_exit(c["Id"])

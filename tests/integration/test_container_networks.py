@@ -226,3 +226,124 @@ def test_records_of_older_versions_keyed_by_name_or_id_prefix(cdaemon):
         assert inspect(d, name)["NetworkSettings"]["Networks"] == {}
     assert d.cli_json("network", "inspect", "old")[0]["Containers"] == {}
     d.cli("rm", "-f", "byname", "byprefix")
+
+
+def edit_record(d: harness.Daemon, name: str, change) -> None:
+    """With the daemon stopped: apply `change` to container `name`'s stored record."""
+    db = sqlite3.connect(str(d.data_root / "cnet.db"))
+    try:
+        ((k, v),) = [(k, json.loads(v)) for k, v in db.execute(
+            "SELECT key, value FROM kv WHERE key LIKE 'container/%'")
+            if json.loads(v)["Name"] == name]
+        change(v)
+        db.execute("UPDATE kv SET value = ? WHERE key = ?", (json.dumps(v), k))
+        db.commit()
+    finally:
+        db.close()
+
+
+def stored_networks(d: harness.Daemon, name: str) -> list[str]:
+    db = sqlite3.connect(str(d.data_root / "cnet.db"))
+    try:
+        return [list(json.loads(v)["Networks"]) for _, v in db.execute(
+            "SELECT key, value FROM kv WHERE key LIKE 'container/%'")
+            if json.loads(v)["Name"] == name][0]
+    finally:
+        db.close()
+
+
+def test_low_level_routes_refuse_a_containers_sandbox(cdaemon, outside):
+    """DELETE /sandboxes/<container>, and leaving, deleting or joining endpoints of a
+    container's sandbox, would bypass the runtime (addresses given back, the host port
+    still DNATed to them): refused with one line; bare sandboxes keep these routes."""
+    d = cdaemon
+    d.cli("network", "create", "--subnet", "10.97.7.0/24", "pe")
+    web(d, "w", "bridge", "-p", "18099:80")
+    cid = inspect(d, "w")["Id"]
+    ip = ip_on(d, "w", "bridge")
+    ep_id = inspect(d, "w")["NetworkSettings"]["Networks"]["bridge"]["EndpointID"]
+    assert harness.wait_for(lambda: http_get(outside.path), timeout=5) == "hi-from-w"
+    for method, path, body, hint in (
+            ("DELETE", f"/sandboxes/{cid}?force=1", None, "use cnet rm"),
+            ("DELETE", "/sandboxes/w", None, "use cnet rm"),
+            ("POST", f"/endpoints/{ep_id}/leave", {}, "use cnet network disconnect"),
+            ("DELETE", f"/endpoints/{ep_id}", None, "use cnet network disconnect")):
+        res = d.api(method, path, body)
+        assert res.status == 409, (path, res.body)
+        assert res.json()["message"] == f"w is a container: {hint}", res.body
+    err = d.cli_error("sandbox", "rm", "-f", "w")
+    assert "w is a container: use cnet rm" in err and len(err.splitlines()) == 1
+    new = d.api("POST", "/endpoints/create", {"Network": "pe", "Name": "extra"}).json()
+    res = d.api("POST", f"/endpoints/{new['Id']}/join", {"Sandbox": "w"})
+    assert res.status == 409 and "use cnet network connect" in res.json()["message"]
+    assert d.api("DELETE", f"/endpoints/{new['Id']}").status == 204
+    # Nothing moved: the container keeps its address and its port.
+    assert list(inspect(d, "w")["NetworkSettings"]["Networks"]) == ["bridge"]
+    assert dnat_targets(d, 18099) == {ip} and http_get(outside.path) == "hi-from-w"
+    # A bare sandbox still goes through them.
+    d.cli("sandbox", "create", "bare")
+    d.cli("network", "connect", "pe", "bare")
+    bare_ep = d.sandbox_inspect("bare")["Networks"]["pe"]["EndpointID"]
+    assert d.api("POST", f"/endpoints/{bare_ep}/leave", {}).status == 200
+    assert d.api("DELETE", f"/endpoints/{bare_ep}").status == 204
+    assert d.api("DELETE", "/sandboxes/bare?force=1").status == 204
+    d.cli("rm", "-f", "w")
+    assert dnat_targets(d, 18099) == set()
+
+
+def test_records_a_crash_left_behind(cdaemon, outside):
+    """A crash between giving an endpoint back and saving the record leaves the record
+    listing the network: `network disconnect` then drops the entry. A crash before a
+    publish was recorded leaves bindings asked for but no Ports: the daemon's start
+    publishes them."""
+    d = cdaemon
+    pf_id = d.cli("network", "create", "--subnet", "10.97.8.0/24", "pf").stdout.strip()
+    web(d, "w", "bridge", "-p", "18099:80")
+    ip = ip_on(d, "w", "bridge")
+    d.stop()
+
+    def crashed(rec: dict) -> None:
+        rec["Networks"][pf_id] = {}
+        rec["Ports"] = {}
+
+    edit_record(d, "w", crashed)
+    d.start()
+    assert dnat_targets(d, 18099) == {ip}
+    assert ports_of(d, "w") == PUBLISHED
+    assert harness.wait_for(lambda: http_get(outside.path), timeout=5) == "hi-from-w"
+    d.cli("network", "disconnect", "pf", "w")
+    assert list(inspect(d, "w")["NetworkSettings"]["Networks"]) == ["bridge"]
+    assert pf_id not in stored_networks(d, "w")
+    assert dnat_targets(d, 18099) == {ip} and http_get(outside.path) == "hi-from-w"
+    d.cli("rm", "-f", "w")
+
+
+def test_a_deleted_networks_key_is_never_taken_for_another_network(cdaemon):
+    """A stopped container keeps the key of a network deleted since: start says so, and
+    `network disconnect` with the key as stored (id, or an old record's name) drops it.
+    An old record keyed by a deleted network's all-hex name is not re-keyed to a network
+    whose id happens to start with it."""
+    d = cdaemon
+    gone_id = d.cli("network", "create", "gone").stdout.strip()
+    other_id = d.cli("network", "create", "other").stdout.strip()
+    d.cli("create", "--name", "c", "--network", "gone", "busybox", "true")
+    d.cli("network", "connect", "bridge", "c")
+    d.cli("network", "rm", "gone")
+    res = d.api("POST", "/containers/c/start")  # (the CLI says "No such container" on a 404)
+    assert res.status == 404 and gone_id in res.json()["message"]
+    d.cli("network", "disconnect", gone_id, "c")
+    assert list(inspect(d, "c")["NetworkSettings"]["Networks"]) == ["bridge"]
+    # An older version's record, keyed by the name of a deleted network "<hex>".
+    hexname = other_id[:2]
+    d.stop()
+    edit_record(d, "c", lambda rec: rec["Networks"].update({hexname: {}}))
+    d.start()
+    assert hexname in stored_networks(d, "c")
+    res = d.api("POST", "/containers/c/start")
+    assert res.status == 404 and res.json()["message"] == f"network {hexname} not found"
+    assert d.cli_json("network", "inspect", "other")[0]["Containers"] == {}
+    d.cli("network", "disconnect", hexname, "c")
+    assert stored_networks(d, "c") == [inspect(d, "c")["NetworkSettings"]["Networks"]
+                                       ["bridge"]["NetworkID"]]
+    d.cli("start", "c")
+    d.cli("rm", "-f", "c")
