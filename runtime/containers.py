@@ -242,9 +242,9 @@ class ContainerManager:
         net = self.ctl.networks.get(key)
         if net is not None:
             return net
-        named = [n for n in self.ctl.networks.values() if n.name == key]
-        if len(named) == 1:
-            return named[0]
+        named = next((n for n in self.ctl.networks.values() if n.name == key), None)
+        if named is not None:  # (the first, as ctl.network takes it)
+            return named
         if len(key) >= 12 and all(ch in "0123456789abcdef" for ch in key):
             prefixed = [n for n in self.ctl.networks.values() if n.id.startswith(key)]
             if len(prefixed) == 1:
