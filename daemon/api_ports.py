@@ -62,9 +62,12 @@ class SandboxPorts:
         return ports
 
     def release(self, key: str) -> bool:
-        if self.ports.pop(key, None) is None:
+        """Unpublish and forget one (sandbox, network)'s bindings. The record goes only
+        once the kernel let go (a failed unpublish raises and keeps it, for a retry)."""
+        if key not in self.ports:
             return False
         self.publisher.release(key)
+        self.ports.pop(key, None)
         self.store.delete(STORE_PREFIX + key)
         return True
 
@@ -83,7 +86,9 @@ class SandboxPorts:
             if ep is None or not ep.ipv4 or not rec.get("Ports"):
                 stale.append(skey)
                 continue
-            self.publisher.restore(key, ep.ipv4.split("/")[0], rec["Ports"])
+            if not self.publisher.restore(key, ep.ipv4.split("/")[0], rec["Ports"]):
+                stale.append(skey)  # another owner holds a host port (logged): not ours
+                continue
             self.ports[key] = rec["Ports"]
         if stale:
             self.store.commit(Txn(deletes=stale))

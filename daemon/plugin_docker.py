@@ -154,7 +154,9 @@ class DockerPlugin:
             if ep is None or not ep.ipv4 or not ep.driver_state.get("external_sandbox"):
                 stale.append(key)
                 continue
-            self.ports.restore(ep.id, ep.ipv4.split("/")[0], rec["Ports"])
+            if not self.ports.restore(ep.id, ep.ipv4.split("/")[0], rec["Ports"]):
+                stale.append(key)  # another owner holds a host port (logged)
+                continue
             self.port_maps[ep.id] = rec["PortMap"]
         if stale:
             self.ctl.store.commit(Txn(deletes=stale))
