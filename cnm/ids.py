@@ -42,3 +42,27 @@ def resolve(kind: str, ref: str, objects: Iterable[T], key: Callable[[T], tuple[
         if len(matches) > 1:
             raise InvalidParameter(f"{kind} id prefix {ref} matches {len(matches)} {kind}s")
     raise NotFound(f"No such {kind}: {ref}")
+
+
+STORED_PREFIX_MIN = 12  # as `ls` shows ids
+
+
+def resolve_stored(ref: str, objects: Iterable[T], key: Callable[[T], tuple[str, str]]
+                   ) -> T | None:
+    """The object a *stored* reference stands for (a record of an older version keeps
+    what the user typed): full id, exact name (the first, as resolve() takes it), or a
+    unique id prefix of 12 hex digits or more; None otherwise. Never a shorter prefix:
+    a stored short hex key is the name of something deleted since ("db", "cafe"), not
+    a reference to whatever's id happens to start so."""
+    items = list(objects)
+    for obj in items:
+        if key(obj)[0] == ref:
+            return obj
+    for obj in items:
+        if key(obj)[1] == ref:
+            return obj
+    if len(ref) >= STORED_PREFIX_MIN and all(c in "0123456789abcdef" for c in ref):
+        matches = [o for o in items if key(o)[0].startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+    return None

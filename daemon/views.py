@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cnet.cnm import timefmt
+from cnet.cnm import ids, timefmt
 from cnet.cnm.controller import GATEWAY_NETWORK, Controller
-from cnet.cnm.errors import InvalidParameter, NotFound
 from cnet.cnm.globalscope import VNI_OPTION
 from cnet.cnm.model import Endpoint, Network, Sandbox
 
@@ -185,10 +184,9 @@ def container_view(ctl: Controller, c: dict, summary: bool = False) -> dict:
 
 
 def _network_or_none(ctl: Controller, ref: str) -> Network | None:
-    try:
-        return ctl.network(ref)
-    except (NotFound, InvalidParameter):  # deleted since, or an ambiguous id prefix
-        return None
+    """The network a container record's key stands for (None: deleted since); the
+    runtime's rule (ids.resolve_stored), so that inspect shows what start would use."""
+    return ids.resolve_stored(ref, ctl.networks.values(), lambda n: (n.id, n.name))
 
 
 def _ago(ts: str) -> str:

@@ -239,17 +239,7 @@ class ContainerManager:
         or an id prefix as `network ls` shows it (12 digits or more). A shorter prefix is
         not taken: such a key is the name of a deleted network that happens to be hex
         ("db", "cafe"), not a reference to whichever network's id starts so."""
-        net = self.ctl.networks.get(key)
-        if net is not None:
-            return net
-        named = next((n for n in self.ctl.networks.values() if n.name == key), None)
-        if named is not None:  # (the first, as ctl.network takes it)
-            return named
-        if len(key) >= 12 and all(ch in "0123456789abcdef" for ch in key):
-            prefixed = [n for n in self.ctl.networks.values() if n.id.startswith(key)]
-            if len(prefixed) == 1:
-                return prefixed[0]
-        return None
+        return ids.resolve_stored(key, self.ctl.networks.values(), lambda n: (n.id, n.name))
 
     def _network_key(self, c: dict, net) -> str | None:
         """The key of `c["Networks"]` that stands for network `net`: its id, or in a record
