@@ -88,13 +88,32 @@ def _heal_etcd3(request):
         request.getfixturevalue("etcd3").heal()
 
 
+class NodePair(list):
+    """The two daemons of `node_pair`, and what several tests set up on them."""
+
+    def overlay(self, net: str, subnet: str, names: tuple[str, str] = ("s1", "s2")
+                ) -> tuple[str, str]:
+        """An attachable overlay made on the first node (waited for on the second) and
+        one sandbox on each node joined to it: their addresses."""
+        import harness
+
+        d1, d2 = self
+        d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet", subnet, net)
+        harness.wait_for(lambda: d2.cli("network", "inspect", net, check=False).returncode
+                         == 0, timeout=5, what=f"{net} on the second node")
+        for d, name in zip(self, names, strict=True):
+            d.cli("sandbox", "create", name)
+            d.cli("network", "connect", net, name)
+        return d1.sandbox_ip(names[0], net), d2.sandbox_ip(names[1], net)
+
+
 @pytest.fixture
 def node_pair(etcd3, request):
     import harness
 
-    daemons: list[harness.Daemon] = []
+    daemons = NodePair()
 
-    def start(prefix: str, named: bool = True) -> list[harness.Daemon]:
+    def start(prefix: str, named: bool = True) -> NodePair:
         for i, (ns, ip) in enumerate(etcd3.underlay.hosts[:2]):
             name = f"{prefix}{i + 1}"
             d = harness.Daemon(ns, name=name, args=[

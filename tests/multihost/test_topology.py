@@ -26,18 +26,6 @@ def unnamed_pair(node_pair):
     return node_pair("topo", named=False)
 
 
-def _overlay_with_one_sandbox_each(d1, d2) -> tuple[str, str]:
-    """topo-ov, s1 on d1's node and s2 on d2's: their addresses."""
-    d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet",
-           "10.98.0.0/24", "topo-ov")
-    harness.wait_for(lambda: d2.cli("network", "inspect", "topo-ov",
-                                    check=False).returncode == 0, timeout=5, what="topo-ov")
-    for d, name in ((d1, "s1"), (d2, "s2")):
-        d.cli("sandbox", "create", name)
-        d.cli("network", "connect", "topo-ov", name)
-    return d1.sandbox_ip("s1", "topo-ov"), d2.sandbox_ip("s2", "topo-ov")
-
-
 def _tree(d, *args: str) -> dict[str, dict[str, list[str]]]:
     """{node name: {network name: [container lines]}} of `cnet topology` on `d`."""
     out: dict[str, dict[str, list[str]]] = {}
@@ -58,7 +46,7 @@ def _tree(d, *args: str) -> dict[str, dict[str, list[str]]]:
 
 def test_topology_shows_both_nodes_containers_on_one_overlay(pair, tmp_path):
     d1, d2 = pair
-    ip1, ip2 = _overlay_with_one_sandbox_each(d1, d2)
+    ip1, ip2 = pair.overlay("topo-ov", "10.98.0.0/24")
 
     def both_seen(d) -> dict:
         tree = _tree(d)
@@ -101,7 +89,7 @@ def test_two_nodes_named_after_one_hostname_are_both_shown(unnamed_pair, tmp_pat
     their short id, DOT draws one cluster each."""
     d1, d2 = unnamed_pair
     host = socket.gethostname()
-    ip1, ip2 = _overlay_with_one_sandbox_each(d1, d2)
+    ip1, ip2 = unnamed_pair.overlay("topo-ov", "10.98.0.0/24")
     ids = {d1.daemon_id: ("s1", ip1), d2.daemon_id: ("s2", ip2)}
     assert None not in ids and len(ids) == 2
     # the peer table names each node by its id as well (network inspect --verbose)

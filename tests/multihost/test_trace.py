@@ -12,16 +12,9 @@ import harness
 
 
 def test_trace_overlay_path_names_the_remote_vtep(node_pair, etcd3):
-    d1, d2 = node_pair("trace")
+    d1, d2 = pair = node_pair("trace")
     vtep2 = etcd3.underlay.hosts[1][1]
-    d1.cli("network", "create", "-d", "overlay", "--attachable", "--subnet",
-           "10.97.0.0/24", "trace-ov")
-    harness.wait_for(lambda: d2.cli("network", "inspect", "trace-ov",
-                                    check=False).returncode == 0, timeout=5, what="trace-ov")
-    for d, name in ((d1, "t1"), (d2, "t2")):
-        d.cli("sandbox", "create", name)
-        d.cli("network", "connect", "trace-ov", name)
-    ip2 = d2.sandbox_ip("t2", "trace-ov")
+    _, ip2 = pair.overlay("trace-ov", "10.97.0.0/24", ("t1", "t2"))
     assert harness.wait_ping(d1.sandbox_key("t1"), ip2)
     vni = int(d1.cli_json("network", "inspect", "trace-ov")[0]["Options"][
         "com.docker.network.driver.overlay.vxlanid_list"])
