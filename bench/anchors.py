@@ -179,9 +179,11 @@ class Docker:
 
     IMAGE = "cnb-busybox:latest"
 
-    def __init__(self, storage_driver: str = "vfs") -> None:
-        """`storage_driver`: vfs (default, works anywhere) or overlay2 (what cnet uses)."""
+    def __init__(self, storage_driver: str = "vfs", default_bridge: bool = False) -> None:
+        """`storage_driver`: vfs (default, works anywhere) or overlay2 (what cnet uses);
+        `default_bridge`: keep docker0 (off by default: the anchors make their networks)."""
         self.storage_driver = storage_driver
+        self.default_bridge = default_bridge
         self.ns = Netns("docker")
         self.root = mktemp("docker")
         self.sock = str(self.root / "docker.sock")
@@ -220,7 +222,8 @@ class Docker:
                  "--config-file", str(self.root / "daemon.json"),
                  "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "x"),
                  "--pidfile", str(self.root / "docker.pid"), "-H", f"unix://{self.sock}",
-                 "--bridge=none", f"--storage-driver={self.storage_driver}",
+                 *([] if self.default_bridge else ["--bridge=none"]),
+                 f"--storage-driver={self.storage_driver}",
                  f"--cgroup-parent=/{self.cgroup_parent}",
                  "--log-level=warn"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

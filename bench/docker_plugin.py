@@ -66,33 +66,6 @@ BUILD_IMAGE = REPO_ROOT / "scripts" / "build-busybox-image.sh"
 KEPT_LOG = Path("/tmp/cnb-docker-plugin-cnetd.log")
 
 
-class DockerWithBridge(Docker):
-    """The anchors' dockerd, but with its default bridge (docker0) on."""
-
-    def start(self) -> Docker:
-        self.guard.__enter__()
-        self.ns.create()
-        (self.root / "daemon.json").write_text("{}\n")
-        with open(self.root / "dockerd.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net={self.ns.path}", "dockerd",
-                 "--config-file", str(self.root / "daemon.json"),
-                 "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "x"),
-                 "--pidfile", str(self.root / "docker.pid"), "-H", f"unix://{self.sock}",
-                 f"--storage-driver={self.storage_driver}",
-                 f"--cgroup-parent=/{self.cgroup_parent}", "--log-level=warn"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = self.proc
-        try:
-            wait_api(self.sock, "/_ping", lambda: proc.poll() is None, "dockerd", timeout=60)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{self.logs()}") from None
-        self.version = self.api.get("/version").get("Version", "?")
-        return self
-
-
 class PluginCnetd:
     """cnetd inside dockerd's namespace, serving the Docker plugin API."""
 
@@ -164,7 +137,7 @@ def bench(runs: int) -> int:
            [f"{runs} interleaved rounds after {WARMUP} warm-up rounds"])
     summary = Summary("docker_plugin")
     tar = mktemp("image") / "busybox.tar"
-    dk = DockerWithBridge(storage_driver="overlay2")
+    dk = Docker(storage_driver="overlay2", default_bridge=True)
     cn: PluginCnetd | None = None
     try:
         sh(str(BUILD_IMAGE), str(tar))
