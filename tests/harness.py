@@ -764,6 +764,26 @@ def shutdown_daemon(daemon: Daemon) -> list[str]:
     return errors
 
 
+def fail_on_teardown_errors(errors: Sequence[str]) -> None:
+    if errors:
+        pytest.fail("daemon teardown failed:\n" + "\n".join(errors), pytrace=False)
+
+
+@contextlib.contextmanager
+def running_daemon(request, ns, **kw):
+    """A started Daemon in `ns` (kwargs to Daemon), its log attached to a failing
+    test's report; shut down afterwards, a failed teardown failing the test."""
+    d = Daemon(ns, **kw)
+    register_daemon(request, d)
+    try:
+        d.start()
+    except Exception:
+        shutdown_daemon(d)
+        raise
+    yield d
+    fail_on_teardown_errors(shutdown_daemon(d))
+
+
 # --------------------------------------------------------------------------- leak check
 #
 # Attribution. Several pytest sessions (and hand-run experiments) may share a machine.

@@ -44,9 +44,6 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(autouse=True)
 def _requirements():
-    reason = harness.requirements_missing()
-    if reason:
-        pytest.skip(reason)
     if CNET_CNI is None:
         pytest.skip("cnet-cni is not installed (make setup)")
 
@@ -84,17 +81,8 @@ def cni_host():
 @pytest.fixture
 def cnid(request, cni_host):
     """cnetd in cni_host."""
-    d = harness.Daemon(cni_host)
-    harness.register_daemon(request, d)
-    try:
-        d.start()
-    except Exception:
-        harness.shutdown_daemon(d)
-        raise
-    yield d
-    errors = harness.shutdown_daemon(d)
-    if errors:
-        pytest.fail("daemon teardown failed:\n" + "\n".join(errors), pytrace=False)
+    with harness.running_daemon(request, cni_host) as d:
+        yield d
 
 
 @pytest.fixture

@@ -54,25 +54,10 @@ def outside(host_ns):
         o.delete()
 
 
-def _teardown(daemons) -> None:
-    errors: list[str] = []
-    for d in daemons:
-        errors += harness.shutdown_daemon(d)
-    if errors:
-        pytest.fail("daemon teardown failed:\n" + "\n".join(errors), pytrace=False)
-
-
 @pytest.fixture
 def daemon(request, host_ns):
-    d = harness.Daemon(host_ns)
-    harness.register_daemon(request, d)
-    try:
-        d.start()
-    except Exception:
-        harness.shutdown_daemon(d)
-        raise
-    yield d
-    _teardown([d])
+    with harness.running_daemon(request, host_ns) as d:
+        yield d
 
 
 @pytest.fixture
@@ -95,7 +80,10 @@ def daemon_factory(request):
         yield make
     finally:
         try:
-            _teardown(reversed(daemons))
+            errors: list[str] = []
+            for d in reversed(daemons):
+                errors += harness.shutdown_daemon(d)
+            harness.fail_on_teardown_errors(errors)
         finally:
             for ns in namespaces:
                 ns.delete()

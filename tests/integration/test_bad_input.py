@@ -41,8 +41,7 @@ def world():
     finally:
         errors = harness.shutdown_daemon(d)
         ns.delete()
-        if errors:
-            pytest.fail("daemon teardown failed:\n" + "\n".join(errors), pytrace=False)
+        harness.fail_on_teardown_errors(errors)
 
 
 @pytest.fixture(autouse=True)
