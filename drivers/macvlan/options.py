@@ -64,12 +64,17 @@ def _common(driver: str, options: dict[str, str], known: frozenset[str]) -> str 
     return check_ifname(parent, "parent interface")
 
 
+def _mode(options: dict[str, str], key: str, default: str, modes) -> str:
+    """The driver's mode option (`macvlan_mode`, `ipvlan_mode`), checked."""
+    mode = options.get(key) or default
+    if mode not in modes:
+        raise InvalidParameter(f'invalid {key} "{mode}": want one of ' + ", ".join(modes))
+    return mode
+
+
 def parse_macvlan(options: dict[str, str]) -> ParentOptions:
     parent = _common("macvlan", options, MACVLAN_KNOWN)
-    mode = options.get(MACVLAN_MODE) or "bridge"
-    if mode not in MACVLAN_MODES:
-        raise InvalidParameter(f'invalid macvlan_mode "{mode}": want one of '
-                               + ", ".join(MACVLAN_MODES))
+    mode = _mode(options, MACVLAN_MODE, "bridge", MACVLAN_MODES)
     host_if = options.get(HOST_INTERFACE) or None
     if host_if is not None:
         check_ifname(host_if, f"{HOST_INTERFACE} name")
@@ -86,10 +91,7 @@ def parse_macvlan(options: dict[str, str]) -> ParentOptions:
 
 def parse_ipvlan(options: dict[str, str]) -> ParentOptions:
     parent = _common("ipvlan", options, IPVLAN_KNOWN)
-    mode = options.get(IPVLAN_MODE) or "l2"
-    if mode not in IPVLAN_MODES:
-        raise InvalidParameter(f'invalid ipvlan_mode "{mode}": want one of '
-                               + ", ".join(IPVLAN_MODES))
+    mode = _mode(options, IPVLAN_MODE, "l2", IPVLAN_MODES)
     flag = options.get(IPVLAN_FLAG) or "bridge"
     if flag != "bridge":
         raise InvalidParameter(f'ipvlan_flag "{flag}" is not supported (only bridge)')
