@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -152,30 +151,16 @@ class Identity:
         return None
 
 
+_ETHERTYPE = {4: b"\x08\x00", 6: b"\x86\xdd"}
+
+
 def _header_fields(ev: nftrace.TraceEvent) -> dict | None:
-    """The trace event's packet as decode() would describe it (enough for _role)."""
-    net, l4 = ev.network, ev.transport
-    if len(net) >= 20 and net[0] >> 4 == 4:
-        proto = net[9]
-        f: dict = {"src": socket.inet_ntoa(net[12:16]), "dst": socket.inet_ntoa(net[16:20])}
-        echo = {8: "echo-request", 0: "echo-reply"} if proto == 1 else {}
-    elif len(net) >= 40 and net[0] >> 4 == 6:
-        proto = net[6]
-        f = {"src": socket.inet_ntop(socket.AF_INET6, net[8:24]),
-             "dst": socket.inet_ntop(socket.AF_INET6, net[24:40])}
-        echo = {128: "echo-request", 129: "echo-reply"} if proto == 58 else {}
-    else:
+    """The trace event's packet as decode() describes a captured one (the event carries
+    its network and transport headers: a blank Ethernet header makes it a frame)."""
+    etype = _ETHERTYPE.get(ev.network[0] >> 4) if ev.network else None
+    if etype is None:
         return None
-    if proto in (1, 58) and len(l4) >= 8:
-        kind = l4[0]
-        f.update(protocol="ICMP" if proto == 1 else "ICMPv6",
-                 info=echo.get(kind, f"type {kind}"))
-        if kind in echo:
-            f["icmp_id"] = int.from_bytes(l4[4:6], "big")
-    elif proto in (6, 17) and len(l4) >= 4:
-        f.update(protocol="TCP" if proto == 6 else "UDP",
-                 sport=int.from_bytes(l4[0:2], "big"), dport=int.from_bytes(l4[2:4], "big"))
-    return f
+    return decode(bytes(12) + etype + ev.network + ev.transport)
 
 
 # -- the report ----------------------------------------------------------------------

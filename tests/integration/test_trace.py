@@ -245,4 +245,11 @@ def test_trace_udp_and_ipv6(daemon):
     assert rep["Verdict"].startswith("delivered to y (eth0)"), rep["Verdict"]
     assert rep["Answer"]["What"] == "echo-reply"
     assert ("y", "eth0", "in") in _hops(rep) and ("x", "eth0", "in") in _hops(rep, "reply")
+    # IPv6 trace events: another network's address is dropped by the isolation rule
+    d.cli("network", "create", "--ipv6", "--subnet", "10.74.0.0/24", "--subnet",
+          "fd00:74::/64", "tr6b")
+    d.cli("sandbox", "create", "z")
+    d.cli("network", "connect", "tr6b", "z")
+    rc, rep = _trace(d, "x", d.sandbox_ip("z", "tr6b", v6=True), "--timeout", "0.5")
+    assert rc == 1 and rep["Verdict"].startswith("dropped by inet cnet forward rule "), rep
     assert _trace_tables(d) == []
